@@ -1,0 +1,187 @@
+"""Settings: TOML file, then environment overrides, validated into frozen Structs.
+
+Pure: `load_settings(path, env)` reads only what it is given, so tests pass their own
+environment and nothing is read at import time.
+
+Environment overrides use `GATEWAY__<SECTION>__<FIELD>` (list items by index, e.g.
+`GATEWAY__MODELS__0__DEVICE=cuda`); values are parsed as TOML values when they can be
+(`true`, `8080`, `["a"]`) and taken as strings otherwise. `GATEWAY_API_KEY` adds a
+plaintext development key named `env`.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+ENV_PREFIX = "GATEWAY__"
+ENV_API_KEY = "GATEWAY_API_KEY"
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "default.toml"
+
+PoolingMode = Literal["mean", "weighted_mean", "eos_token", "last_token", "bos_token"]
+ModelKind = Literal["llm2vec", "encoder"]
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+OnOverflow = Literal["truncate", "error"]
+
+
+class ConfigError(Exception):
+    """Settings that cannot be used; the message names the field's path."""
+
+
+class _Base(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    pass
+
+
+class ServerSettings(_Base):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_body_bytes: int = 16 * 1024 * 1024
+    log_level: str = "info"
+
+
+class ApiKey(_Base):
+    name: str
+    sha256: str | None = None
+    # Plaintext keys are for development only; prefer sha256 digests in files.
+    key: str | None = None
+
+
+class AuthSettings(_Base):
+    enabled: bool = True
+    keys: list[ApiKey] = []
+
+
+class ApiSettings(_Base):
+    max_inputs: int = 2048
+    max_request_tokens: int = 300_000
+    # How token-id input (what LangChain sends) is read: a tiktoken encoding name, or
+    # "native" for the served model's own token ids.
+    token_ids: str = "cl100k_base"
+
+
+class EngineSettings(_Base):
+    max_batch_size: int = 32
+    max_batch_tokens: int = 16384
+    # 0 keeps torch's default (one thread per core).
+    torch_threads: int = 0
+
+
+class Alias(_Base):
+    name: str
+    instruction: str = ""
+
+
+class ModelSettings(_Base):
+    name: str
+    base_model: str
+    kind: ModelKind = "llm2vec"
+    adapters: list[str] = []
+    pooling: PoolingMode = "mean"
+    max_length: int = 512
+    on_overflow: OnOverflow = "truncate"
+    dtype: DType = "auto"
+    device: str = "auto"
+    normalize: bool = True
+    instruction: str = ""
+    aliases: list[Alias] = []
+    owned_by: str = "llm2vec-gateway"
+
+
+class Settings(_Base):
+    server: ServerSettings = ServerSettings()
+    auth: AuthSettings = AuthSettings()
+    api: ApiSettings = ApiSettings()
+    engine: EngineSettings = EngineSettings()
+    models: list[ModelSettings] = []
+
+
+def _parse_env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _apply_override(data: dict[str, Any], path: list[str], value: Any, env_name: str) -> None:
+    node: Any = data
+    for i, part in enumerate(path):
+        last = i == len(path) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"{env_name}: no list item {part!r}")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        else:
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+
+
+def _env_overrides(data: dict[str, Any], env: Mapping[str, str]) -> None:
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
+        if path:
+            _apply_override(data, path, _parse_env_value(env[name]), name)
+    if env.get(ENV_API_KEY):
+        auth = data.setdefault("auth", {})
+        auth.setdefault("keys", []).append({"name": "env", "key": env[ENV_API_KEY]})
+
+
+def _check(settings: Settings) -> None:
+    names: set[str] = set()
+    for i, model in enumerate(settings.models):
+        for name in [model.name, *(a.name for a in model.aliases)]:
+            if name in names:
+                raise ConfigError(f"models[{i}]: the name {name!r} is served twice")
+            names.add(name)
+        if model.max_length < 1:
+            raise ConfigError(f"models[{i}].max_length: must be at least 1")
+        if model.kind == "encoder" and (model.adapters or model.pooling != "mean"):
+            raise ConfigError(f"models[{i}]: encoder models take no adapters and only mean pooling")
+    for i, key in enumerate(settings.auth.keys):
+        if (key.sha256 is None) == (key.key is None):
+            raise ConfigError(f"auth.keys[{i}]: give exactly one of sha256 or key")
+        if key.sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", key.sha256):
+            raise ConfigError(f"auth.keys[{i}].sha256: expected 64 lowercase hex digits")
+    eng = settings.engine
+    if eng.max_batch_size < 1 or eng.max_batch_tokens < 1:
+        raise ConfigError("engine: max_batch_size and max_batch_tokens must be at least 1")
+    if settings.api.max_inputs < 1 or settings.api.max_request_tokens < 1:
+        raise ConfigError("api: max_inputs and max_request_tokens must be at least 1")
+
+
+def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read `path` (default: config/default.toml), apply `env` overrides, validate."""
+    file = Path(path) if path is not None else DEFAULT_CONFIG
+    try:
+        data: dict[str, Any] = tomllib.loads(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{file}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: {exc}") from None
+    _env_overrides(data, env or {})
+    try:
+        settings = msgspec.convert(data, Settings)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(str(exc)) from None
+    _check(settings)
+    return settings
+
+
+def masked(settings: Settings) -> dict[str, Any]:
+    """The effective settings as plain data, with every secret masked."""
+    data: dict[str, Any] = msgspec.to_builtins(settings)
+    for key in data["auth"]["keys"]:
+        if key.get("key") is not None:
+            key["key"] = "***"
+    return data

@@ -1,0 +1,60 @@
+"""Device, dtype and padding helpers shared by the torch backends."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+
+from app.models.protocol import TokenizedText
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """`auto` is bfloat16 on CUDA and float32 elsewhere."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return _DTYPES[dtype]
+
+
+def configure_threads(threads: int) -> None:
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+def pad_batch(
+    batch: Sequence[TokenizedText], pad_id: int, side: Literal["left", "right"], device: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """input_ids, attention_mask and position_ids for a padded batch.
+
+    Position ids count real tokens only, so a left-padded row sees the same positions
+    as it would alone (llm2vec pads on the left and passes none).
+    """
+    width = max(len(item.input_ids) for item in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, item in enumerate(batch):
+        n = len(item.input_ids)
+        cols = slice(width - n, width) if side == "left" else slice(0, n)
+        ids[row, cols] = torch.tensor(item.input_ids, dtype=torch.long)
+        mask[row, cols] = 1
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    return ids.to(device), mask.to(device), positions.to(device)
+
+
+def pooled_mask(batch: Sequence[TokenizedText], width: int, device: str) -> torch.Tensor:
+    """1 on the last `pooled` positions of each left-padded row (the text, not the instruction)."""
+    mask = torch.zeros((len(batch), width), dtype=torch.float32)
+    for row, item in enumerate(batch):
+        # An empty text span (e.g. a whitespace-only text) pools the whole input rather than nothing.
+        n = min(item.pooled, len(item.input_ids)) or len(item.input_ids)
+        mask[row, width - n :] = 1.0
+    return mask.to(device)

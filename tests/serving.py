@@ -1,0 +1,66 @@
+"""A real gateway on loopback for tests: uvicorn in a thread, the app's real lifespan."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import httpx
+import uvicorn
+
+from app.config import Settings
+from app.engine.engine import EmbeddingEngine
+from app.server import create_app
+
+
+@dataclass(frozen=True)
+class Gateway:
+    url: str  # e.g. http://127.0.0.1:PORT
+    key: str | None
+    engine: EmbeddingEngine
+
+    @property
+    def v1(self) -> str:
+        return f"{self.url}/v1"
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"} if self.key else {}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def run_gateway(settings: Settings, key: str | None = None, ready_timeout: float = 120.0) -> Iterator[Gateway]:
+    engine = EmbeddingEngine(settings)
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings, engine=engine), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + ready_timeout
+    try:
+        while True:
+            try:
+                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError(f"gateway did not become ready: {engine.status()}")
+            time.sleep(0.05)
+        yield Gateway(url=url, key=key, engine=engine)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
