@@ -70,5 +70,6 @@ def create_app(settings: Settings | None = None, engine: EmbeddingEngine | None 
         state=state,
         request_max_body_size=settings.server.max_body_bytes,
         openapi_config=None,
+        logging_config=None,  # the CLI configures logging; tests keep pytest's capture
         debug=False,
     )

@@ -13,7 +13,7 @@ import httpx
 import uvicorn
 
 from app.config import Settings
-from app.engine.engine import EmbeddingEngine
+from app.engine.engine import EmbeddingEngine, Loader
 from app.server import create_app
 
 
@@ -39,11 +39,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def run_gateway(settings: Settings, key: str | None = None, ready_timeout: float = 120.0) -> Iterator[Gateway]:
-    engine = EmbeddingEngine(settings)
+def run_gateway(
+    settings: Settings, key: str | None = None, loader: Loader | None = None, ready_timeout: float = 120.0
+) -> Iterator[Gateway]:
+    engine = EmbeddingEngine(settings, loader)
     port = free_port()
     config = uvicorn.Config(
-        create_app(settings, engine=engine), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+        create_app(settings, engine=engine), host="127.0.0.1", port=port, log_config=None, lifespan="on"
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
