@@ -37,26 +37,26 @@ class _Base(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tru
     pass
 
 
-class ServerSettings(_Base):
+class ServerSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 8000
     max_body_bytes: int = 16 * 1024 * 1024
     log_level: str = "info"
 
 
-class ApiKey(_Base):
+class ApiKey(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True):
     name: str
     sha256: str | None = None
     # Plaintext keys are for development only; prefer sha256 digests in files.
     key: str | None = None
 
 
-class AuthSettings(_Base):
+class AuthSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True):
     enabled: bool = True
     keys: list[ApiKey] = []
 
 
-class ApiSettings(_Base):
+class ApiSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True):
     max_inputs: int = 2048
     max_request_tokens: int = 300_000
     # How token-id input (what LangChain sends) is read: a tiktoken encoding name, or
@@ -64,19 +64,19 @@ class ApiSettings(_Base):
     token_ids: str = "cl100k_base"
 
 
-class EngineSettings(_Base):
+class EngineSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True):
     max_batch_size: int = 32
     max_batch_tokens: int = 16384
     # 0 keeps torch's default (one thread per core).
     torch_threads: int = 0
 
 
-class Alias(_Base):
+class Alias(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True):
     name: str
     instruction: str = ""
 
 
-class ModelSettings(_Base):
+class ModelSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True):
     name: str
     base_model: str
     kind: ModelKind = "llm2vec"
@@ -92,7 +92,7 @@ class ModelSettings(_Base):
     owned_by: str = "llm2vec-gateway"
 
 
-class Settings(_Base):
+class Settings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True):
     server: ServerSettings = ServerSettings()
     auth: AuthSettings = AuthSettings()
     api: ApiSettings = ApiSettings()

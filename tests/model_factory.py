@@ -114,8 +114,8 @@ def _trained_tokenizer_json(with_bos: bool) -> str:
             pair=f"{BOS}:0 $A:0 {BOS}:1 $B:1",
             special_tokens=[(BOS, tokenizer.token_to_id(BOS))],
         )
-    json: str = tokenizer.to_str()
-    return json
+    text: str = tokenizer.to_str()
+    return text
 
 
 def make_tokenizer(directory: Path, *, with_bos: bool = True) -> Path:
@@ -144,13 +144,12 @@ def _config(
     family: str, vocab_size: int, hidden_size: int, layers: int, ids: dict[str, Any]
 ) -> PretrainedConfig:
     """A small config of `family`; weights drawn with a wide init so outputs vary clearly."""
-    heads = HEADS
     common: dict[str, Any] = {
         "vocab_size": vocab_size,
         "hidden_size": hidden_size,
         "intermediate_size": 2 * hidden_size,
         "num_hidden_layers": layers,
-        "num_attention_heads": heads,
+        "num_attention_heads": HEADS,
         "num_key_value_heads": 2,
         "max_position_embeddings": MAX_POSITIONS,
         "initializer_range": 0.2,
@@ -164,7 +163,7 @@ def _config(
     if family == "gemma":
         # GemmaConfig defaults head_dim to 256 rather than hidden_size // heads, and warns
         # unless hidden_activation is given.
-        return GemmaConfig(**common, head_dim=hidden_size // heads, hidden_activation="gelu_pytorch_tanh")
+        return GemmaConfig(**common, head_dim=hidden_size // HEADS, hidden_activation="gelu_pytorch_tanh")
     return Qwen2Config(**common, use_sliding_window=False)
 
 
@@ -188,7 +187,7 @@ def make_llm2vec_model(
     """Write a tiny `family` model to `directory/base` (and a LoRA to `directory/adapter`).
 
     The base directory holds config, safetensors weights and tokenizer, as a hub checkpoint
-    of the base (not CausalLM) class does; weights come from `seed` alone. The adapter
+    of the base (not CausalLM) class does; weights depend only on `seed` and `family`. The adapter
     targets the attention projections with non-zero B, so it changes the embeddings.
     """
     if family not in _MODEL_CLASSES:

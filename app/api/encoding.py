@@ -10,9 +10,9 @@ import numpy.typing as npt
 FORMATS = ("float", "base64")
 
 
-def encode_vectors(vectors: npt.NDArray[np.float32], encoding_format: str) -> list[list[float]] | list[str]:
+def encode_vectors(vectors: npt.NDArray[np.float32], encoding_format: str) -> list[list[float] | str]:
     if encoding_format == "base64":
         little = vectors.astype("<f4", copy=False)
         return [base64.b64encode(row.tobytes()).decode("ascii") for row in little]
-    rows: list[list[float]] = vectors.tolist()
+    rows: list[list[float] | str] = vectors.tolist()
     return rows

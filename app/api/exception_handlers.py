@@ -8,6 +8,7 @@ is a 500 whose details go to the log with the request id, never to the client.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import msgspec
 from litestar import Request, Response
@@ -39,7 +40,7 @@ def error_response(error: GatewayError) -> Response[bytes]:
     )
 
 
-def _from_litestar(request: Request[object, object, object], exc: HTTPException) -> GatewayError:
+def _from_litestar(request: Request[Any, Any, Any], exc: HTTPException) -> GatewayError:
     route = f"({request.method} {request.url.path})"
     if exc.status_code == 404:
         return NotFoundError(f"Invalid URL {route}")
@@ -54,12 +55,10 @@ def _from_litestar(request: Request[object, object, object], exc: HTTPException)
     return InternalServerError()
 
 
-def exception_to_response(request: Request[object, object, object], exc: Exception) -> Response[bytes]:
+def exception_to_response(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     if isinstance(exc, GatewayError):
         return error_response(exc)
     if isinstance(exc, HTTPException) and exc.status_code < 500:
         return error_response(_from_litestar(request, exc))
-    logger.error(
-        "request %s failed with an unexpected error", request_id_of(request.scope), exc_info=exc
-    )
+    logger.error("request %s failed with an unexpected error", request_id_of(request.scope), exc_info=exc)
     return error_response(InternalServerError())

@@ -25,7 +25,9 @@ def parse_embedding_request(body: bytes) -> EmbeddingRequest:
         request = _decoder.decode(body)
     except msgspec.ValidationError as exc:
         found = _PARAM.search(str(exc))
-        raise InvalidRequestError(f"Invalid request: {exc}", param=found.group(1) if found else None) from None
+        raise InvalidRequestError(
+            f"Invalid request: {exc}", param=found.group(1) if found else None
+        ) from None
     except msgspec.DecodeError:
         raise InvalidRequestError(NOT_JSON) from None
     if request.model is msgspec.UNSET:

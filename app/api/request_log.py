@@ -34,7 +34,7 @@ class RequestRecord:
 
 
 def _state(scope: Scope) -> dict[str, Any]:
-    state: dict[str, Any] = scope.setdefault("state", {})  # type: ignore[typeddict-item]
+    state: dict[str, Any] = scope.setdefault("state", {})
     return state
 
 

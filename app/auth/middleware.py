@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from litestar.connection import ASGIConnection
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
@@ -17,7 +19,7 @@ WRONG_KEY = "Incorrect API key provided. Ask the gateway's operator for a valid 
 
 class ApiKeyAuthMiddleware(AbstractAuthenticationMiddleware):
     async def authenticate_request(
-        self, connection: ASGIConnection[object, object, object, object]
+        self, connection: ASGIConnection[Any, Any, Any, Any]
     ) -> AuthenticationResult:
         header = connection.headers.get("authorization", "")
         scheme, _, key = header.partition(" ")

@@ -210,9 +210,7 @@ class EmbeddingEngine:
             raise _too_many_tokens(requested, limit)
         return tokenized
 
-    def _forward(
-        self, backend: EmbeddingBackend, tokenized: list[TokenizedText]
-    ) -> npt.NDArray[np.float32]:
+    def _forward(self, backend: EmbeddingBackend, tokenized: list[TokenizedText]) -> npt.NDArray[np.float32]:
         # Identical inputs in one request are computed once.
         unique: dict[TokenizedText, int] = {}
         where = [unique.setdefault(t, len(unique)) for t in tokenized]
@@ -227,6 +225,4 @@ class EmbeddingEngine:
 
 
 def _too_many_tokens(requested: int, limit: int) -> InvalidRequestError:
-    return InvalidRequestError(
-        f"Requested {requested} tokens, max {limit} tokens per request", param="input"
-    )
+    return InvalidRequestError(f"Requested {requested} tokens, max {limit} tokens per request", param="input")

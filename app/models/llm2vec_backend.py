@@ -106,7 +106,7 @@ class LLM2VecBackend:
     def embed(self, batch: Sequence[TokenizedText]) -> npt.NDArray[np.float32]:
         with torch.inference_mode():
             ids, mask, positions = pad_batch(batch, self._pad_id, "left", self.device)
-            hidden = self._model(input_ids=ids, attention_mask=mask, position_ids=positions)
+            hidden = self._model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
             states = hidden.last_hidden_state.float()
             if self._pooling in ("eos_token", "last_token"):
                 pooled = states[:, -1]

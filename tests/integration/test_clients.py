@@ -104,13 +104,22 @@ def test_curl_with_bearer_token(minilm_gateway: Gateway) -> None:
     body = json.dumps({"model": MINILM, "input": "hello from curl"})
     out = subprocess.run(
         [
-            "curl", "-sS", "-w", "\n%{http_code}",
+            "curl",
+            "-sS",
+            "-w",
+            "\n%{http_code}",
             f"{minilm_gateway.v1}/embeddings",
-            "-H", f"Authorization: Bearer {minilm_gateway.key}",
-            "-H", "Content-Type: application/json",
-            "-d", body,
+            "-H",
+            f"Authorization: Bearer {minilm_gateway.key}",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            body,
         ],
-        check=True, capture_output=True, text=True, timeout=60,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
     ).stdout
     payload, status = out.rsplit("\n", 1)
     assert status == "200"

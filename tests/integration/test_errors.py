@@ -120,15 +120,22 @@ CASES = [
     Case("dimensions-not-int", 400, param="dimensions", body=_emb(dimensions="64")),
     Case("instruction-not-string", 400, param="instruction", body=_emb(instruction=3)),
     Case(
-        "context-length-exceeded", 400, "context_length_exceeded", "input",
+        "context-length-exceeded",
+        400,
+        "context_length_exceeded",
+        "input",
         body=_emb(model=STRICT, input=["short", LONG_TEXT]),
     ),
     Case(
-        "request-tokens-over-limit-text", 400, param="input",
+        "request-tokens-over-limit-text",
+        400,
+        param="input",
         body=_emb(input=[LONG_TEXT] * 30),
     ),
     Case(
-        "request-tokens-over-limit-ids", 400, param="input",
+        "request-tokens-over-limit-ids",
+        400,
+        param="input",
         body=_emb(input=[CL100K.encode(LONG_TEXT)] * 30),
     ),
     Case("internal-error", 500, body=_emb(model=BROKEN), error_type="server_error"),
@@ -144,13 +151,17 @@ def _send(gateway: Gateway, case: Case) -> httpx.Response:
         case.method,
         gateway.url + case.path,
         headers={"Content-Type": "application/json", **headers},
-        content=content if content is not None else (json.dumps(case.body) if case.body is not None else None),
+        content=content
+        if content is not None
+        else (json.dumps(case.body) if case.body is not None else None),
         timeout=60,
     )
 
 
 def _still_serves(gateway: Gateway) -> None:
-    ok = httpx.post(f"{gateway.v1}/embeddings", headers=AUTH, json=_emb(input=["still", "serving"]), timeout=60)
+    ok = httpx.post(
+        f"{gateway.v1}/embeddings", headers=AUTH, json=_emb(input=["still", "serving"]), timeout=60
+    )
     assert ok.status_code == 200, ok.text
     assert len(ok.json()["data"]) == 2
 
@@ -183,7 +194,9 @@ def test_error_envelope(gateway: Gateway, case: Case, caplog: pytest.LogCaptureF
 def test_context_length_message_is_openais(gateway: Gateway) -> None:
     response = _send(gateway, Case("ctx", 400, body=_emb(model=STRICT, input=LONG_TEXT)))
     message = response.json()["error"]["message"]
-    assert message.startswith("This model's maximum context length is 16 tokens, however you requested 42 tokens")
+    assert message.startswith(
+        "This model's maximum context length is 16 tokens, however you requested 42 tokens"
+    )
 
 
 def test_truncation_is_the_default(gateway: Gateway) -> None:
@@ -196,6 +209,9 @@ def test_truncation_is_the_default(gateway: Gateway) -> None:
 
 def test_unknown_fields_and_user_are_accepted(gateway: Gateway) -> None:
     response = httpx.post(
-        f"{gateway.v1}/embeddings", headers=AUTH, json=_emb(user="u-1", some_future_field={"x": 1}), timeout=60
+        f"{gateway.v1}/embeddings",
+        headers=AUTH,
+        json=_emb(user="u-1", some_future_field={"x": 1}),
+        timeout=60,
     )
     assert response.status_code == 200, response.text

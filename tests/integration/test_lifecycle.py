@@ -69,7 +69,9 @@ def test_ready_is_503_until_models_are_loaded() -> None:
     settings = settings_with()
     engine = EmbeddingEngine(settings, slow_loader)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, engine), host="127.0.0.1", port=port, log_config=None))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings, engine), host="127.0.0.1", port=port, log_config=None)
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
@@ -85,7 +87,9 @@ def test_ready_is_503_until_models_are_loaded() -> None:
         assert not_ready.status_code == 503
         assert not_ready.json()["models"] == {MINILM: "loading"}
         early = httpx.post(
-            f"{url}/v1/embeddings", headers={"Authorization": f"Bearer {TEST_KEY}"}, json={"model": MINILM, "input": "x"}
+            f"{url}/v1/embeddings",
+            headers={"Authorization": f"Bearer {TEST_KEY}"},
+            json={"model": MINILM, "input": "x"},
         )
         assert early.status_code == 503 and early.headers["retry-after"] == "5"
         assert early.json()["error"]["type"] == "server_error"
@@ -104,7 +108,11 @@ def served_without_keys() -> Iterator[tuple[str, subprocess.Popen[str]]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY")}
     process = subprocess.Popen(
         [sys.executable, "-m", "app", "serve", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         yield f"http://127.0.0.1:{port}", process
@@ -113,7 +121,9 @@ def served_without_keys() -> Iterator[tuple[str, subprocess.Popen[str]]]:
         process.wait(30)
 
 
-def test_cli_serve_generates_and_prints_a_key_once(served_without_keys: tuple[str, subprocess.Popen[str]]) -> None:
+def test_cli_serve_generates_and_prints_a_key_once(
+    served_without_keys: tuple[str, subprocess.Popen[str]],
+) -> None:
     url, process = served_without_keys
     assert process.stdout is not None
     key = None
@@ -136,7 +146,12 @@ def test_cli_serve_generates_and_prints_a_key_once(served_without_keys: tuple[st
         time.sleep(0.2)
     body = {"model": MINILM, "input": "hello"}
     assert httpx.post(f"{url}/v1/embeddings", json=body).status_code == 401
-    assert httpx.post(f"{url}/v1/embeddings", json=body, headers={"Authorization": "Bearer sk-guess"}).status_code == 401
+    assert (
+        httpx.post(
+            f"{url}/v1/embeddings", json=body, headers={"Authorization": "Bearer sk-guess"}
+        ).status_code
+        == 401
+    )
     ok = httpx.post(f"{url}/v1/embeddings", json=body, headers={"Authorization": f"Bearer {key}"})
     assert ok.status_code == 200
     process.terminate()

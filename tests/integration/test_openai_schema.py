@@ -50,7 +50,9 @@ def test_response_validates_and_usage_is_exact(
         "token-ids": cl100k.encode(TEXTS[0]),
         "token-id-arrays": [cl100k.encode(t) for t in TEXTS],
     }
-    texts = {"string": TEXTS[:1], "strings": TEXTS, "token-ids": TEXTS[:1], "token-id-arrays": TEXTS}[input_kind]
+    texts = {"string": TEXTS[:1], "strings": TEXTS, "token-ids": TEXTS[:1], "token-id-arrays": TEXTS}[
+        input_kind
+    ]
     response = httpx.post(
         f"{minilm_gateway.v1}/embeddings",
         headers=minilm_gateway.headers(),
@@ -64,7 +66,9 @@ def test_response_validates_and_usage_is_exact(
     else:
         # The schema types `embedding` as floats; base64 swaps it for a string, as OpenAI does.
         assert all(isinstance(d["embedding"], str) for d in body["data"])
-        _validate({**body, "data": [{**d, "embedding": [0.0]} for d in body["data"]]}, "CreateEmbeddingResponse")
+        _validate(
+            {**body, "data": [{**d, "embedding": [0.0]} for d in body["data"]]}, "CreateEmbeddingResponse"
+        )
     assert set(body) == {"object", "data", "model", "usage"}
     assert [d["index"] for d in body["data"]] == list(range(len(texts)))
     expected = _minilm_token_count(texts)
