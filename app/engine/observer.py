@@ -1,0 +1,27 @@
+"""What the engine reports about its own work, for metrics; the engine never imports them.
+
+The HTTP layer passes an implementation (Prometheus, in app.api.metrics) to the engine;
+the default does nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class EngineObserver(Protocol):
+    def on_batch(self, model: str, size: int, padded_tokens: int, seconds: float) -> None:
+        """One forward pass ran: `size` rows, `padded_tokens` = longest x size, in `seconds`."""
+        ...
+
+    def on_queue_depth(self, model: str, requests: int, tokens: int) -> None:
+        """The model's queue now holds `requests` requests totalling `tokens` tokens."""
+        ...
+
+
+class NullObserver:
+    def on_batch(self, model: str, size: int, padded_tokens: int, seconds: float) -> None:
+        pass
+
+    def on_queue_depth(self, model: str, requests: int, tokens: int) -> None:
+        pass
