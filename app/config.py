@@ -67,6 +67,9 @@ class ApiSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True):
 class EngineSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True):
     max_batch_size: int = 32
     max_batch_tokens: int = 16384
+    # Backpressure: past either bound a request gets 503 with Retry-After at once.
+    max_queue_requests: int = 512
+    max_queue_tokens: int = 1_000_000
     # 0 keeps torch's default (one thread per core).
     torch_threads: int = 0
 
@@ -154,8 +157,8 @@ def _check(settings: Settings) -> None:
         if key.sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", key.sha256):
             raise ConfigError(f"auth.keys[{i}].sha256: expected 64 lowercase hex digits")
     eng = settings.engine
-    if eng.max_batch_size < 1 or eng.max_batch_tokens < 1:
-        raise ConfigError("engine: max_batch_size and max_batch_tokens must be at least 1")
+    if min(eng.max_batch_size, eng.max_batch_tokens, eng.max_queue_requests, eng.max_queue_tokens) < 1:
+        raise ConfigError("engine: batch and queue bounds must be at least 1")
     if settings.api.max_inputs < 1 or settings.api.max_request_tokens < 1:
         raise ConfigError("api: max_inputs and max_request_tokens must be at least 1")
 

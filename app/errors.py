@@ -10,6 +10,7 @@
     ├── MethodNotAllowedError         405
     ├── RequestTooLargeError          413
     ├── RateLimitError                429 rate_limit_exceeded
+    ├── ClientDisconnectedError       499 (nginx's "client closed request"; never delivered, logged)
     ├── InternalServerError           500 server_error (message never shows internals)
     └── OverloadedError               503 server_error (also: model still loading)
 
@@ -97,6 +98,14 @@ class RateLimitError(GatewayError):
     status_code = 429
     error_type = "requests"
     default_code = "rate_limit_exceeded"
+
+
+class ClientDisconnectedError(GatewayError):
+    status_code = 499
+    error_type = "invalid_request_error"
+
+    def __init__(self) -> None:
+        super().__init__("The client closed the connection before the response was ready.")
 
 
 class InternalServerError(GatewayError):

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
+
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
@@ -11,8 +15,31 @@ from app.api.parsing import parse_embedding_request
 from app.api.request_log import record_of
 from app.api.schemas import Embedding, EmbeddingResponse, Model, ModelList, Usage
 from app.engine.engine import EmbeddingEngine, ServedModel
+from app.errors import ClientDisconnectedError
 
 JSON = "application/json"
+# Responses with more numbers than this are serialised off the event loop.
+_INLINE_FLOATS = 200_000
+
+T = TypeVar("T")
+
+
+async def _unless_disconnected(request: Request[object, object, State], work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the client disconnects first (its queued inputs are
+    then dropped before they reach the model). Once the body is read, the ASGI server's
+    next message for this request is the disconnect."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(request.receive())
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task not in done and watcher.result().get("type") == "http.disconnect":
+            task.cancel()
+            raise ClientDisconnectedError
+        return await task
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
 
 
 def provide_engine(state: State) -> EmbeddingEngine:
@@ -40,20 +67,34 @@ class OpenAIController(Controller):
         record = record_of(request.scope)
         if record is not None:
             record.model = body.model
-        result = await engine.embed(
-            body.model, body.input, instruction=body.instruction, dimensions=body.dimensions
+        result = await _unless_disconnected(
+            request,
+            engine.embed(
+                body.model,
+                body.input,
+                instruction=body.instruction,
+                dimensions=body.dimensions,
+                request_id=record.request_id if record is not None else "-",
+            ),
         )
         if record is not None:
             record.inputs = len(result.vectors)
             record.tokens = result.prompt_tokens
-        vectors = encode_vectors(result.vectors, body.encoding_format)
-        return _json(
-            EmbeddingResponse(
-                data=[Embedding(index=i, embedding=v) for i, v in enumerate(vectors)],
-                model=body.model,
-                usage=Usage(prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens),
+        model, encoding_format = body.model, body.encoding_format
+
+        def render() -> bytes:
+            vectors = encode_vectors(result.vectors, encoding_format)
+            return msgspec.json.encode(
+                EmbeddingResponse(
+                    data=[Embedding(index=i, embedding=v) for i, v in enumerate(vectors)],
+                    model=model,
+                    usage=Usage(prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens),
+                )
             )
-        )
+
+        # A large float response takes long enough to encode to stall other requests.
+        content = await asyncio.to_thread(render) if result.vectors.size > _INLINE_FLOATS else render()
+        return Response(content=content, status_code=200, media_type=JSON)
 
     @get("/models")
     async def list_models(self, state: State, engine: EmbeddingEngine) -> Response[bytes]:

@@ -1,8 +1,10 @@
 """The embedding engine: names -> loaded models, validation, tokenization, batching, pooling.
 
-Usable without HTTP. Per loaded model there is one tokenizer thread and one model thread:
-the event loop never runs a tokenizer or a forward pass, a fast tokenizer is never used
-from two threads at once, and the next request's tokenization overlaps the current forward.
+Usable without HTTP. Per loaded model there is one tokenizer thread and one model thread
+(app.engine.batcher): the event loop never runs a tokenizer or a forward pass, a fast
+tokenizer is never used from two threads at once, and tokenizing the next requests overlaps
+the model's work on the current batch. Requests are refused at once (503) rather than
+queued without bound: by count on arrival, by tokens once they are tokenized.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import numpy as np
 import numpy.typing as npt
 
 from app.config import ModelSettings, Settings
-from app.engine.batcher import plan_batches
+from app.engine.batcher import Batcher, Job, overloaded
+from app.engine.observer import EngineObserver, NullObserver
 from app.engine.token_inputs import NativeIds, TextInputs, TiktokenIds, TokenInputs, parse_input
 from app.errors import (
     ContextLengthExceededError,
@@ -48,24 +51,32 @@ class ServedModel:
 class EmbeddingResult:
     vectors: npt.NDArray[np.float32]
     prompt_tokens: int
+    # Time from queueing to the first forward pass, and in forward passes.
+    queue_seconds: float = 0.0
+    compute_seconds: float = 0.0
 
 
 @dataclass
 class _Slot:
-    """One loaded model and the two threads that use it."""
+    """One loaded model, its tokenizer thread and its batcher (the model thread)."""
 
     entry: ModelSettings
     state: ModelState = "loading"
     backend: EmbeddingBackend | None = None
+    batcher: Batcher | None = None
     error: str = ""
+    # Requests admitted and not yet answered (tokenizing, queued or running).
+    pending: int = 0
     tokenizer_thread: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1))
-    model_thread: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1))
 
 
 class EmbeddingEngine:
-    def __init__(self, settings: Settings, loader: Loader | None = None) -> None:
+    def __init__(
+        self, settings: Settings, loader: Loader | None = None, observer: EngineObserver | None = None
+    ) -> None:
         self._settings = settings
         self._loader = loader
+        self._observer: EngineObserver = observer or NullObserver()
         self._slots = {entry.name: _Slot(entry) for entry in settings.models}
         self._served: dict[str, ServedModel] = {}
         for entry in settings.models:
@@ -78,7 +89,7 @@ class EmbeddingEngine:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Load every model in the background; `ready` turns true when all are loaded."""
+        """Load and warm up every model in the background; `ready` turns true after."""
         self._loading = threading.Thread(target=self._load_all, name="model-loader", daemon=True)
         self._loading.start()
 
@@ -91,20 +102,42 @@ class EmbeddingEngine:
         token_ids = self._settings.api.token_ids
         if token_ids != "native":
             self._tiktoken = TiktokenIds(token_ids)
+        engine = self._settings.engine
         for slot in self._slots.values():
             try:
-                slot.backend = loader(slot.entry)
+                backend = loader(slot.entry)
+                self._warm_up(backend)
+                slot.backend = backend
+                slot.batcher = Batcher(
+                    slot.entry.name,
+                    backend,
+                    max_batch_size=engine.max_batch_size,
+                    max_batch_tokens=engine.max_batch_tokens,
+                    max_queue_tokens=engine.max_queue_tokens,
+                    observer=self._observer,
+                )
+                slot.batcher.start()
                 slot.state = "ready"
                 logger.info(
-                    "model %s loaded on %s (%d dimensions)",
+                    "model %s ready on %s (%d dimensions)",
                     slot.entry.name,
-                    slot.backend.device,
-                    slot.backend.dimensions,
+                    backend.device,
+                    backend.dimensions,
                 )
             except Exception as exc:
                 slot.state = "failed"
                 slot.error = f"{type(exc).__name__}: {exc}"
                 logger.exception("model %s failed to load", slot.entry.name)
+
+    def _warm_up(self, backend: EmbeddingBackend) -> None:
+        """One full-size batch, so the first request pays no first-call costs and a batch
+        the configured budget allows but memory does not fails at start, not under load."""
+        engine = self._settings.engine
+        rows = engine.max_batch_size
+        width = min(backend.max_length, max(1, engine.max_batch_tokens // rows))
+        sample = backend.tokenize(["warm up " * width], "")[0]
+        batch = [TokenizedText(sample.input_ids[:width], min(sample.pooled, width), width)] * rows
+        backend.embed(batch)
 
     def wait_loaded(self, timeout: float | None = None) -> None:
         if self._loading is not None:
@@ -113,18 +146,33 @@ class EmbeddingEngine:
     def stop(self) -> None:
         for slot in self._slots.values():
             slot.tokenizer_thread.shutdown(wait=False, cancel_futures=True)
-            slot.model_thread.shutdown(wait=False, cancel_futures=True)
+            if slot.batcher is not None:
+                slot.batcher.stop()
+
+    def _state(self, slot: _Slot) -> ModelState:
+        if slot.state == "ready" and slot.batcher is not None and not slot.batcher.alive:
+            return "failed"
+        return slot.state
 
     @property
     def ready(self) -> bool:
-        return all(slot.state == "ready" for slot in self._slots.values())
+        return all(self._state(slot) == "ready" for slot in self._slots.values())
 
     def status(self) -> dict[str, str]:
-        """Each model's state, with the load error where it failed."""
-        return {
-            name: slot.state if slot.state != "failed" else f"failed: {slot.error}"
-            for name, slot in self._slots.items()
-        }
+        """Each model's state, with the reason where it failed."""
+        result = {}
+        for name, slot in self._slots.items():
+            state = self._state(slot)
+            if state == "failed":
+                reason = slot.batcher.failure if slot.batcher and slot.batcher.failure else slot.error
+                result[name] = f"failed: {reason}"
+            else:
+                result[name] = state
+        return result
+
+    def queue_depth(self) -> dict[str, tuple[int, int]]:
+        """(requests, tokens) queued per loaded model."""
+        return {name: slot.batcher.depth for name, slot in self._slots.items() if slot.batcher is not None}
 
     # -- names -------------------------------------------------------------------------------
 
@@ -150,28 +198,45 @@ class EmbeddingEngine:
         *,
         instruction: str | None = None,
         dimensions: int | None = None,
+        request_id: str = "-",
     ) -> EmbeddingResult:
+        """Validate, tokenize (off the loop), queue, await the batcher, then cut and normalise.
+
+        Cancelling the awaiting task (the client went away) drops the request's queued
+        inputs before they reach the model.
+        """
         served = self.resolve(model)
         slot = self._slots[served.entry.name]
-        backend = slot.backend
-        if backend is None:
-            message = "is still loading" if slot.state == "loading" else "failed to load"
+        backend, batcher = slot.backend, slot.batcher
+        if backend is None or batcher is None or self._state(slot) != "ready":
+            message = "is still loading" if slot.state == "loading" else "is not available"
             raise OverloadedError(
                 f"The model `{model}` {message}; please try again later.", headers={"Retry-After": "5"}
             )
-        inputs = parse_input(raw_input, self._settings.api.max_inputs)
         if dimensions is not None and not 1 <= dimensions <= backend.dimensions:
             raise InvalidRequestError(
                 f"Invalid value for 'dimensions' = {dimensions}: this model supports from 1 "
                 f"to {backend.dimensions} dimensions.",
                 param="dimensions",
             )
+        if slot.pending >= self._settings.engine.max_queue_requests:
+            raise overloaded()
         text = served.instruction if instruction is None else instruction
         loop = asyncio.get_running_loop()
-        tokenized = await loop.run_in_executor(
-            slot.tokenizer_thread, self._tokenize, slot.entry, backend, inputs, text
-        )
-        vectors = await loop.run_in_executor(slot.model_thread, self._forward, backend, tokenized)
+        slot.pending += 1
+        try:
+            tokenized = await loop.run_in_executor(
+                slot.tokenizer_thread, self._prepare, slot.entry, backend, raw_input, text
+            )
+            job = Job(tokenized, backend.dimensions, loop, request_id)
+            batcher.submit(job)
+            try:
+                vectors = await job.future
+            except asyncio.CancelledError:
+                batcher.cancel(job)
+                raise
+        finally:
+            slot.pending -= 1
         if dimensions is not None:
             vectors = vectors[:, :dimensions]
         if served.entry.normalize:
@@ -179,7 +244,9 @@ class EmbeddingEngine:
             vectors = vectors / np.maximum(norms, 1e-12)
         return EmbeddingResult(
             vectors=np.ascontiguousarray(vectors, dtype=np.float32),
-            prompt_tokens=sum(len(t.input_ids) for t in tokenized),
+            prompt_tokens=job.tokens,
+            queue_seconds=job.queue_seconds,
+            compute_seconds=job.compute_seconds,
         )
 
     def _texts(self, backend: EmbeddingBackend, inputs: TextInputs | TokenInputs) -> list[str]:
@@ -192,13 +259,15 @@ class EmbeddingEngine:
         decoder = self._tiktoken or NativeIds(backend.vocab_size, backend.decode_ids)
         return [decoder.decode(ids) for ids in inputs.ids]
 
-    def _tokenize(
+    def _prepare(
         self,
         entry: ModelSettings,
         backend: EmbeddingBackend,
-        inputs: TextInputs | TokenInputs,
+        raw_input: object,
         instruction: str,
     ) -> list[TokenizedText]:
+        """On the tokenizer thread: validate `input`, tokenize, count, enforce the limits."""
+        inputs = parse_input(raw_input, self._settings.api.max_inputs)
         tokenized = backend.tokenize(self._texts(backend, inputs), instruction)
         if entry.on_overflow == "error":
             longest = max(t.full_length for t in tokenized)
@@ -209,19 +278,6 @@ class EmbeddingEngine:
         if requested > limit:
             raise _too_many_tokens(requested, limit)
         return tokenized
-
-    def _forward(self, backend: EmbeddingBackend, tokenized: list[TokenizedText]) -> npt.NDArray[np.float32]:
-        # Identical inputs in one request are computed once.
-        unique: dict[TokenizedText, int] = {}
-        where = [unique.setdefault(t, len(unique)) for t in tokenized]
-        items = list(unique)
-        out = np.empty((len(items), backend.dimensions), dtype=np.float32)
-        engine = self._settings.engine
-        for batch in plan_batches(
-            [len(t.input_ids) for t in items], engine.max_batch_size, engine.max_batch_tokens
-        ):
-            out[batch] = backend.embed([items[i] for i in batch])
-        return out[where]
 
 
 def _too_many_tokens(requested: int, limit: int) -> InvalidRequestError:

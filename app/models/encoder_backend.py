@@ -12,12 +12,11 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
 from app.config import ModelSettings
 from app.models.protocol import ModelLoadError, TokenizedText
 from app.models.tokenization import tokenize_truncating
-from app.models.torch_runtime import pad_batch, resolve_device, resolve_dtype
+from app.models.torch_runtime import forward_context, pad_batch, resolve_device, resolve_dtype
 
 
 class EncoderBackend:
@@ -46,7 +45,7 @@ class EncoderBackend:
         ]
 
     def embed(self, batch: Sequence[TokenizedText]) -> npt.NDArray[np.float32]:
-        with torch.inference_mode():
+        with forward_context():
             ids, mask, _ = pad_batch(batch, self._pad_id, "right", self.device)
             states = self._model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
             weights = mask.unsqueeze(-1).float()

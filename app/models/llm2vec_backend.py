@@ -21,7 +21,7 @@ import torch
 from app.config import ModelSettings
 from app.models.protocol import ModelLoadError, TokenizedText
 from app.models.tokenization import tokenize_truncating
-from app.models.torch_runtime import pad_batch, pooled_mask, resolve_device, resolve_dtype
+from app.models.torch_runtime import forward_context, pad_batch, pooled_mask, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class LLM2VecBackend:
         ]
 
     def embed(self, batch: Sequence[TokenizedText]) -> npt.NDArray[np.float32]:
-        with torch.inference_mode():
+        with forward_context():
             ids, mask, positions = pad_batch(batch, self._pad_id, "left", self.device)
             hidden = self._model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
             states = hidden.last_hidden_state.float()

@@ -14,6 +14,10 @@ class ModelLoadError(Exception):
     """A model that cannot be served (missing files, unsupported architecture...)."""
 
 
+class BatchMemoryError(Exception):
+    """The accelerator ran out of memory on a batch; a smaller batch may fit."""
+
+
 @dataclass(frozen=True, slots=True)
 class TokenizedText:
     """One input as the model will run it."""

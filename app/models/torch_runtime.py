@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
 
-from app.models.protocol import TokenizedText
+from app.models.protocol import BatchMemoryError, TokenizedText
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -58,3 +59,15 @@ def pooled_mask(batch: Sequence[TokenizedText], width: int, device: str) -> torc
         n = min(item.pooled, len(item.input_ids)) or len(item.input_ids)
         mask[row, width - n :] = 1.0
     return mask.to(device)
+
+
+@contextmanager
+def forward_context() -> Iterator[None]:
+    """Inference mode, with accelerator out-of-memory turned into BatchMemoryError so the
+    engine can split the batch (the engine never imports torch)."""
+    try:
+        with torch.inference_mode():
+            yield
+    except torch.cuda.OutOfMemoryError as exc:
+        torch.cuda.empty_cache()
+        raise BatchMemoryError(str(exc)) from None

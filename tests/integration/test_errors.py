@@ -31,9 +31,10 @@ SECRET_DETAIL = "device-side assert at /opt/weights/secret"
 
 @dataclass
 class _ExplodingBackend:
-    """A real backend whose forward fails, as a CUDA fault would."""
+    """A real backend whose forward fails after its warm-up, as a CUDA fault would."""
 
     inner: EmbeddingBackend
+    calls: int = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -42,6 +43,9 @@ class _ExplodingBackend:
         return self.inner.tokenize(texts, instruction)
 
     def embed(self, batch: Sequence[TokenizedText]) -> npt.NDArray[np.float32]:
+        self.calls += 1
+        if self.calls == 1:  # the warm-up at start
+            return self.inner.embed(batch)
         raise RuntimeError(SECRET_DETAIL)
 
 
