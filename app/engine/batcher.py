@@ -201,19 +201,22 @@ class Batcher:
             return batch
 
     def _run(self) -> None:
+        batch: list[_Item] = []
         try:
-            while (batch := self._take()) is not None:
+            while (taken := self._take()) is not None:
+                batch = taken
                 self._execute(batch)
+                batch = []
         except BaseException as exc:
             self.failure = f"model thread died: {type(exc).__name__}"
             logger.critical("model %s: the model thread died", self._model, exc_info=exc)
         finally:
-            self._fail_waiting()
+            self._fail_waiting(batch)
 
-    def _fail_waiting(self) -> None:
-        """Nothing may wait on a thread that is gone: fail every queued job."""
+    def _fail_waiting(self, running: list[_Item]) -> None:
+        """Nothing may wait on a thread that is gone: fail the running batch and the queue."""
         with self._cond:
-            jobs = {item.job for item in self._queue}
+            jobs = {item.job for item in self._queue} | {item.job for item in running}
             self._queue.clear()
             self._queued_jobs.clear()
             self._queued_tokens = 0
