@@ -141,7 +141,7 @@ def make_tokenizer(directory: Path, *, with_bos: bool = True) -> Path:
 
 
 def _config(
-    family: str, vocab_size: int, hidden_size: int, layers: int, ids: dict[str, Any]
+    family: str, vocab_size: int, hidden_size: int, layers: int, ids: dict[str, Any], heads: int = HEADS
 ) -> PretrainedConfig:
     """A small config of `family`; weights drawn with a wide init so outputs vary clearly."""
     common: dict[str, Any] = {
@@ -149,8 +149,8 @@ def _config(
         "hidden_size": hidden_size,
         "intermediate_size": 2 * hidden_size,
         "num_hidden_layers": layers,
-        "num_attention_heads": HEADS,
-        "num_key_value_heads": 2,
+        "num_attention_heads": heads,
+        "num_key_value_heads": max(1, heads // 2),
         "max_position_embeddings": MAX_POSITIONS,
         "initializer_range": 0.2,
         "tie_word_embeddings": False,
@@ -163,7 +163,7 @@ def _config(
     if family == "gemma":
         # GemmaConfig defaults head_dim to 256 rather than hidden_size // heads, and warns
         # unless hidden_activation is given.
-        return GemmaConfig(**common, head_dim=hidden_size // HEADS, hidden_activation="gelu_pytorch_tanh")
+        return GemmaConfig(**common, head_dim=hidden_size // heads, hidden_activation="gelu_pytorch_tanh")
     return Qwen2Config(**common, use_sliding_window=False)
 
 
@@ -183,6 +183,7 @@ def make_llm2vec_model(
     with_adapter: bool = True,
     hidden_size: int = 64,
     layers: int = 2,
+    heads: int = HEADS,
 ) -> TinyModel:
     """Write a tiny `family` model to `directory/base` (and a LoRA to `directory/adapter`).
 
@@ -192,8 +193,8 @@ def make_llm2vec_model(
     """
     if family not in _MODEL_CLASSES:
         raise ValueError(f"unknown family {family!r} (expected one of {', '.join(FAMILIES)})")
-    if hidden_size % HEADS:
-        raise ValueError(f"hidden_size must be a multiple of {HEADS}, got {hidden_size}")
+    if hidden_size % heads:
+        raise ValueError(f"hidden_size must be a multiple of {heads}, got {hidden_size}")
     directory = Path(directory)
     base_dir = make_tokenizer(directory / "base")
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
@@ -202,7 +203,7 @@ def make_llm2vec_model(
         "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id,
     }
-    config = _config(family, len(tokenizer), hidden_size, layers, ids)
+    config = _config(family, len(tokenizer), hidden_size, layers, ids, heads)
     with torch.random.fork_rng(devices=[]):
         # The family is mixed in: Llama and Mistral build identical modules, so one seed
         # alone would give them identical weights.

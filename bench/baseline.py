@@ -1,0 +1,85 @@
+"""BASELINE ONLY, not the gateway: the seed-style server this project replaces, kept so the
+benchmark can compare against it on the same machine, models and scenarios.
+
+A Flask app whose route calls `SentenceTransformer.encode()` / `LLM2Vec.encode()` once per
+request, as the usual recipe does (no batching across requests, no auth, no validation).
+It answers in OpenAI's shape with float lists so the same load generator can check it.
+
+    python -m bench.baseline --kind encoder --base bundled:all-MiniLM-L6-v2 --port 8100
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import numpy as np
+
+
+def _load(kind: str, base: str, max_length: int) -> Any:
+    import torch
+
+    from app.models.registry import resolve_path
+
+    path = resolve_path(base)
+    if kind == "encoder":
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(path, device="cpu" if not torch.cuda.is_available() else "cuda")
+        return lambda texts: model.encode(texts, normalize_embeddings=True)
+    from llm2vec import LLM2Vec
+
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    l2v = LLM2Vec.from_pretrained(
+        path, enable_bidirectional=True, pooling_mode="mean", max_length=max_length, torch_dtype=dtype
+    )
+
+    def encode(texts: list[str]) -> Any:
+        vectors = l2v.encode(texts, batch_size=32, show_progress_bar=False).float().numpy()
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    return encode
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--kind", required=True)
+    parser.add_argument("--base", required=True)
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+
+    import torch
+    from flask import Flask, jsonify, request
+
+    torch.set_num_threads(args.threads)
+    encode = _load(args.kind, args.base, args.max_length)
+    app = Flask("baseline")
+
+    @app.get("/health")
+    def health() -> Any:
+        return {"status": "ok"}
+
+    @app.post("/v1/embeddings")
+    def embeddings() -> Any:
+        body = request.get_json()
+        texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        vectors = np.asarray(encode(texts), dtype=np.float32)
+        return jsonify(
+            {
+                "object": "list",
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": v.tolist()}
+                    for i, v in enumerate(vectors)
+                ],
+                "model": body["model"],
+                "usage": {"prompt_tokens": 0, "total_tokens": 0},
+            }
+        )
+
+    app.run(host="127.0.0.1", port=args.port, threaded=True)
+
+
+if __name__ == "__main__":
+    main()

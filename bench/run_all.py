@@ -1,0 +1,379 @@
+"""Runs the whole benchmark and writes bench/RESULTS.md.
+
+    make bench            (= python -m bench.run_all)
+
+For each model (all-MiniLM-L6-v2, and a random-weight Llama of about 100M parameters served
+as an LLM2Vec model): the in-process limit, then the gateway, then the seed-style Flask
+baseline, each on the same scenarios. Servers are pinned to core 0 with one torch thread and
+the load generator to core 1 (`taskset`), so runs are comparable. Everything listens on
+127.0.0.1 and every load run is bounded in requests and seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from bench.workload import MINILM, BenchModel, config_toml, make_llama_7b_shape, make_llama_100m
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "sk-bench-0123456789"
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Where processes run and how the engine is sized."""
+
+    server_core: str | None = "0"
+    client_core: str | None = "1"
+    torch_threads: int = 1
+    batch_size: int = 32
+    batch_tokens: int = 16384
+    device: str = "cpu"
+    seconds_scale: float = 1.0
+
+
+CPU = Setup()
+# The GPU machine: 16 cores, no pinning; bigger batches, all of torch's threads.
+GPU = Setup(
+    server_core=None,
+    client_core=None,
+    torch_threads=0,
+    batch_size=64,
+    batch_tokens=32768,
+    device="cuda",
+    seconds_scale=0.5,
+)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    concurrency: int
+    inputs: int
+    words: int
+    requests: int
+    seconds: float
+
+
+SCENARIOS = [
+    Scenario("latency: c=1, 1 input x 12 words", 1, 1, 12, 400, 15),
+    Scenario("small: c=32, 1 input x 12 words", 32, 1, 12, 4000, 20),
+    Scenario("bulk: c=8, 32 inputs x 60 words", 8, 32, 60, 400, 25),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+
+
+def _pinned(core: str | None, *argv: str) -> list[str]:
+    """argv run on `core` (None: anywhere, as on the GPU machine)."""
+    return (["taskset", "-c", core] if core is not None else []) + [sys.executable, *argv]
+
+
+class RssSampler:
+    """Samples a process's resident memory every 50 ms; keeps the peak."""
+
+    def __init__(self, pid: int) -> None:
+        self._process = psutil.Process(pid)
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def rss(self) -> int:
+        return int(self._process.memory_info().rss)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.peak = max(self.peak, self.rss())
+            except psutil.Error:
+                return
+            time.sleep(0.05)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _wait(url: str, process: subprocess.Popen[bytes], seconds: float = 600) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready in {seconds} s")
+
+
+def _loadgen(url: str, model: str, scenario: Scenario, setup: Setup) -> dict[str, Any]:
+    argv = _pinned(
+        setup.client_core,
+        "-m",
+        "bench.loadgen",
+        f"--url={url}",
+        f"--key={KEY}",
+        f"--model={model}",
+        f"--concurrency={scenario.concurrency}",
+        f"--inputs={scenario.inputs}",
+        f"--words={scenario.words}",
+        f"--requests={scenario.requests}",
+        f"--seconds={scenario.seconds * setup.seconds_scale}",
+    )
+    out = subprocess.run(argv, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        last = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"
+        print(f"   {scenario.name}: load generator failed: {last}", flush=True)
+        return {"error": last}
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _serve(argv: list[str], ready_url: str, url: str, model: BenchModel, setup: Setup) -> dict[str, Any]:
+    """Start a server, run every scenario against it, and read its memory."""
+    env = _env() | {"GATEWAY_API_KEY": KEY}
+    process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _wait(ready_url, process)
+        with RssSampler(process.pid) as sampler:
+            after_load = sampler.rss()
+            runs = {}
+            for scenario in SCENARIOS:
+                runs[scenario.name] = _loadgen(url, model.name, scenario, setup)
+                print(f"   {scenario.name}: {json.dumps(runs[scenario.name])}", flush=True)
+        return {"runs": runs, "rss_after_load": after_load, "rss_peak": sampler.peak}
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def bench_model(model: BenchModel, setup: Setup) -> dict[str, Any]:
+    print(f"== {model.name}: in-process limit", flush=True)
+    limit_argv = _pinned(
+        setup.server_core,
+        "-m",
+        "bench.limit",
+        f"--name={model.name}",
+        f"--kind={model.kind}",
+        f"--base={model.base_model}",
+        f"--max-length={model.max_length}",
+        f"--batch-size={setup.batch_size}",
+        f"--threads={setup.torch_threads}",
+        f"--device={setup.device}",
+    )
+    out = subprocess.run(limit_argv, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    limit = json.loads(out.stdout.strip().splitlines()[-1])
+
+    print(f"== {model.name}: gateway", flush=True)
+    port = _free_port()
+    config = Path(tempfile.mkdtemp()) / "bench.toml"
+    config.write_text(
+        config_toml(
+            model,
+            port,
+            torch_threads=setup.torch_threads,
+            batch_size=setup.batch_size,
+            batch_tokens=setup.batch_tokens,
+        )
+    )
+    url = f"http://127.0.0.1:{port}"
+    gateway = _serve(
+        _pinned(setup.server_core, "-m", "app", "serve", "--config", str(config)),
+        f"{url}/ready",
+        url,
+        model,
+        setup,
+    )
+
+    print(f"== {model.name}: seed-style baseline", flush=True)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    baseline_argv = _pinned(
+        setup.server_core,
+        "-m",
+        "bench.baseline",
+        f"--kind={model.kind}",
+        f"--base={model.base_model}",
+        f"--max-length={model.max_length}",
+        f"--port={port}",
+        f"--threads={setup.torch_threads}",
+    )
+    baseline = _serve(baseline_argv, f"{url}/health", url, model, setup)
+    return {"limit": limit, "gateway": gateway, "baseline": baseline}
+
+
+def _versions() -> str:
+    names = [
+        "torch",
+        "transformers",
+        "llm2vec",
+        "litestar",
+        "uvicorn",
+        "msgspec",
+        "flask",
+        "sentence-transformers",
+    ]
+    parts = [f"python {platform.python_version()}"] + [f"{n} {version(n)}" for n in names]
+    return ", ".join(parts)
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def _device() -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+
+
+def render(results: dict[str, dict[str, Any]], command: str, setup: Setup) -> str:
+    if setup.server_core is not None:
+        placement = (
+            f"servers pinned to core {setup.server_core} with {setup.torch_threads} torch thread(s), "
+            f"the load generator to core {setup.client_core}"
+        )
+    else:
+        placement = f"GPU {_device()}, bf16; nothing pinned (16 cores), the load generator beside the server"
+
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Command: `{command}` (written by bench/run_all.py; rerun it to refresh this file).",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {_cpu()}, "
+        f"{psutil.cpu_count()} cores; {placement}. Engine: max_batch_size {setup.batch_size}, "
+        f"max_batch_tokens {setup.batch_tokens}. Load generator: bench/loadgen.py (aiohttp, base64 "
+        f"responses, every one checked). Versions: {_versions()}.",
+        "",
+        "Scenarios send unique texts (nothing is deduplicated). The in-process limit is the "
+        "backend's own batched forward (batches of 32 pre-tokenized inputs) on the same kind of "
+        "texts, in the same pinned setting; the single-input figure includes tokenization. "
+        "The baseline is bench/baseline.py: Flask calling `SentenceTransformer.encode()` / "
+        "`LLM2Vec.encode()` per request, as the seed did.",
+        "",
+    ]
+    for name, result in results.items():
+        limit, gateway, baseline = result["limit"], result["gateway"], result["baseline"]
+        lines += [
+            f"## {name}",
+            "",
+            "| server | scenario | requests | inputs/s | tokens/s | p50 ms | p99 ms | /health max ms |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for label, server in (("gateway", gateway), ("baseline", baseline)):
+            for scenario, run in server["runs"].items():
+                if "error" in run:
+                    lines.append(f"| {label} | {scenario} | failed: {run['error']} | | | | | |")
+                    continue
+                lines.append(
+                    f"| {label} | {scenario} | {run['requests']} | {run['inputs_per_s']:.1f} | "
+                    f"{run['tokens_per_s']:.0f} | {run['p50_ms']:.1f} | {run['p99_ms']:.1f} | "
+                    f"{run['health_max_ms']:.1f} |"
+                )
+        if any("error" in run for run in gateway["runs"].values()):
+            lines += ["", "The gateway failed a scenario: no targets are judged for this model.", ""]
+            continue
+        latency, small, bulk = (gateway["runs"][s.name] for s in SCENARIOS)
+        base_small = baseline["runs"][SCENARIOS[1].name]
+        base_rate = base_small.get("inputs_per_s", float("nan"))
+        limit_small = limit["batched_12w"]["inputs_per_s"]
+        limit_bulk = limit["batched_60w"]["inputs_per_s"]
+        single = limit["single_12w_ms_p50"]
+        rss_growth = gateway["rss_peak"] / gateway["rss_after_load"] - 1
+        mib = 1024 * 1024
+        health = max(r["health_max_ms"] for r in gateway["runs"].values())
+        ratio_base = small["inputs_per_s"] / base_rate
+        lines += [
+            "",
+            f"In-process limit: {limit_small:.1f} inputs/s (12 words), {limit_bulk:.1f} inputs/s "
+            f"(60 words); single input {single:.2f} ms p50. Gateway RSS after load "
+            f"{gateway['rss_after_load'] / mib:.0f} MiB, "
+            f"peak under load {gateway['rss_peak'] / mib:.0f} MiB.",
+            "",
+            "| target | measured | verdict |",
+            "|---|---|---|",
+            f"| small requests >= 0.9 x limit | {small['inputs_per_s'] / limit_small:.2f} x | "
+            f"{_verdict(small['inputs_per_s'] >= 0.9 * limit_small)} |",
+            f"| small requests >= 3 x baseline | {ratio_base:.2f} x | {_verdict(ratio_base >= 3)} |",
+            f"| bulk >= 0.95 x limit | {bulk['inputs_per_s'] / limit_bulk:.2f} x | "
+            f"{_verdict(bulk['inputs_per_s'] >= 0.95 * limit_bulk)} |",
+            f"| latency p50 <= single forward + 2 ms | {latency['p50_ms']:.2f} ms vs {single:.2f} ms "
+            f"(+{latency['p50_ms'] - single:.2f}) | {_verdict(latency['p50_ms'] <= single + 2)} |",
+            f"| peak RSS <= 1.25 x after load | {1 + rss_growth:.2f} x | {_verdict(rss_growth <= 0.25)} |",
+            f"| /health under full load < 50 ms | max {health:.1f} ms | {_verdict(health < 50)} |",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models", default="minilm,llama", help="comma-separated: minilm, llama, llama7b")
+    parser.add_argument("--gpu", action="store_true", help="the GPU setup: bf16, no pinning, bigger batches")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "RESULTS.md"))
+    parser.add_argument("--work", default=str(ROOT / "bench" / "out"), help="where models and raw results go")
+    args = parser.parse_args()
+    setup = GPU if args.gpu else CPU
+    work = Path(args.work)
+    builders = {
+        "minilm": lambda: MINILM,
+        "llama": lambda: make_llama_100m(work / "llama-100m"),
+        "llama7b": lambda: make_llama_7b_shape(work / "llama-7b-shape"),
+    }
+    models = [builders[name]() for name in args.models.split(",")]
+    results = {model.name: bench_model(model, setup) for model in models}
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "results.json").write_text(json.dumps(results, indent=2))
+    Path(args.out).write_text(render(results, "python -m bench.run_all " + " ".join(sys.argv[1:]), setup))
+    print(Path(args.out).read_text())
+
+
+if __name__ == "__main__":
+    main()
