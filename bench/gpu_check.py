@@ -66,7 +66,8 @@ def main() -> None:
                 line = (
                     f"{family:8s} dtype={dtype:8s} ({next(model.parameters()).dtype}, "
                     f"attn={model.config._attn_implementation}, on {next(model.parameters()).device}) "
-                    f"instruction={'yes' if instruction else 'no ':3s} min cosine vs llm2vec encode: {cos.min():.6f}"
+                    f"instruction={'yes' if instruction else 'no ':3s} "
+                    f"min cosine vs llm2vec encode: {cos.min():.6f}"
                 )
                 if dtype == "float32" and not instruction:
                     reference32 = ours
