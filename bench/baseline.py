@@ -53,7 +53,8 @@ def main() -> None:
     import torch
     from flask import Flask, jsonify, request
 
-    torch.set_num_threads(args.threads)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     encode = _load(args.kind, args.base, args.max_length)
     app = Flask("baseline")
 

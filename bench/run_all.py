@@ -163,9 +163,15 @@ def _loadgen(url: str, model: str, scenario: Scenario, setup: Setup) -> dict[str
 def _serve(argv: list[str], ready_url: str, url: str, model: BenchModel, setup: Setup) -> dict[str, Any]:
     """Start a server, run every scenario against it, and read its memory."""
     env = _env() | {"GATEWAY_API_KEY": KEY}
-    process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = Path(tempfile.mkdtemp()) / "server.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
     try:
-        _wait(ready_url, process)
+        try:
+            _wait(ready_url, process)
+        except RuntimeError:
+            print(log.read_text()[-3000:], flush=True)
+            raise
         with RssSampler(process.pid) as sampler:
             after_load = sampler.rss()
             runs = {}
@@ -199,6 +205,7 @@ def bench_model(model: BenchModel, setup: Setup) -> dict[str, Any]:
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-2000:])
     limit = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"   {json.dumps(limit)}", flush=True)
 
     print(f"== {model.name}: gateway", flush=True)
     port = _free_port()
