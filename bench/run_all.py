@@ -49,12 +49,12 @@ class Setup:
 
 
 CPU = Setup()
-# The GPU machine: 16 cores, no pinning; bigger batches, all of torch's threads.
+# The GPU machine: 16 cores, no pinning, all of torch's threads; a bigger token budget.
 GPU = Setup(
     server_core=None,
     client_core=None,
     torch_threads=0,
-    batch_size=64,
+    batch_size=32,
     batch_tokens=32768,
     device="cuda",
     seconds_scale=0.5,
