@@ -67,6 +67,8 @@ class ApiSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True):
 class EngineSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True):
     max_batch_size: int = 32
     max_batch_tokens: int = 16384
+    # With several clients active, how long a batch may wait for their next requests.
+    max_batch_wait_ms: float = 5.0
     # Backpressure: past either bound a request gets 503 with Retry-After at once.
     max_queue_requests: int = 512
     max_queue_tokens: int = 1_000_000
@@ -159,6 +161,8 @@ def _check(settings: Settings) -> None:
     eng = settings.engine
     if min(eng.max_batch_size, eng.max_batch_tokens, eng.max_queue_requests, eng.max_queue_tokens) < 1:
         raise ConfigError("engine: batch and queue bounds must be at least 1")
+    if not 0 <= eng.max_batch_wait_ms <= 1000:
+        raise ConfigError("engine.max_batch_wait_ms: must be between 0 and 1000")
     if settings.api.max_inputs < 1 or settings.api.max_request_tokens < 1:
         raise ConfigError("api: max_inputs and max_request_tokens must be at least 1")
 

@@ -104,6 +104,7 @@ class Batcher:
         max_batch_tokens: int,
         max_queue_tokens: int,
         observer: EngineObserver,
+        max_wait_seconds: float = 0.0,
     ) -> None:
         self._model = model
         self._backend = backend
@@ -111,6 +112,9 @@ class Batcher:
         self._max_batch_tokens = max_batch_tokens
         self._max_queue_tokens = max_queue_tokens
         self._observer = observer
+        self._max_wait = max_wait_seconds
+        # How many requests the last batch served: evidence of how many clients are active.
+        self._expected_jobs = 1
         self._cond = threading.Condition()
         self._queue: list[_Item] = []
         self._queued_tokens = 0
@@ -184,6 +188,7 @@ class Batcher:
         with self._cond:
             while not self._queue and not self._stopping:
                 self._cond.wait()
+            self._wait_for_company()
             if self._stopping:
                 return None
             picked = select_batch(
@@ -197,8 +202,29 @@ class Batcher:
             self._queued_tokens -= sum(len(item.text.input_ids) for item in batch)
             still_queued = {item.job for item in self._queue}
             self._queued_jobs &= still_queued
+            self._expected_jobs = len({item.job for item in batch})
             self._report_depth()
             return batch
+
+    def _wait_for_company(self) -> None:
+        """Wait briefly for the clients the last batch served to send their next requests.
+
+        With many clients in lock-step, their next requests arrive spread over the moment
+        their answers go out; a batch formed from the first arrivals alone leaves the rest
+        for a second, mostly empty batch. One client alone (the last batch served a single
+        request) never waits. The caller holds the lock.
+        """
+        deadline = time.monotonic() + self._max_wait
+        while (
+            not self._stopping
+            and len(self._queued_jobs) < self._expected_jobs
+            and len(self._queue) < self._max_batch_size
+            and self._queued_tokens < self._max_batch_tokens
+        ):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._cond.wait(left)
 
     def _run(self) -> None:
         batch: list[_Item] = []

@@ -115,6 +115,7 @@ class EmbeddingEngine:
                     max_batch_tokens=engine.max_batch_tokens,
                     max_queue_tokens=engine.max_queue_tokens,
                     observer=self._observer,
+                    max_wait_seconds=engine.max_batch_wait_ms / 1000,
                 )
                 slot.batcher.start()
                 slot.state = "ready"
