@@ -48,6 +48,9 @@ class ServedModel:
 class EmbeddingResult:
     vectors: npt.NDArray[np.float32]
     prompt_tokens: int
+    # Time from queueing to the first forward pass, and in forward passes.
+    queue_seconds: float = 0.0
+    compute_seconds: float = 0.0
 
 
 @dataclass
