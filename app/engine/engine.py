@@ -20,6 +20,7 @@ import numpy.typing as npt
 
 from app.config import ModelSettings, Settings
 from app.engine.batcher import plan_batches
+from app.engine.observer import EngineObserver, NullObserver
 from app.engine.token_inputs import NativeIds, TextInputs, TiktokenIds, TokenInputs, parse_input
 from app.errors import (
     ContextLengthExceededError,
@@ -66,9 +67,12 @@ class _Slot:
 
 
 class EmbeddingEngine:
-    def __init__(self, settings: Settings, loader: Loader | None = None) -> None:
+    def __init__(
+        self, settings: Settings, loader: Loader | None = None, observer: EngineObserver | None = None
+    ) -> None:
         self._settings = settings
         self._loader = loader
+        self._observer: EngineObserver = observer or NullObserver()
         self._slots = {entry.name: _Slot(entry) for entry in settings.models}
         self._served: dict[str, ServedModel] = {}
         for entry in settings.models:
