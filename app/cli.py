@@ -27,6 +27,7 @@ def _serve(args: argparse.Namespace) -> None:
     import msgspec
     import uvicorn
 
+    from app.auth.key_file import KeyFileError
     from app.logs import configure_logging
     from app.server import create_app
 
@@ -38,8 +39,13 @@ def _serve(args: argparse.Namespace) -> None:
     )
     settings = msgspec.structs.replace(settings, server=server)
     configure_logging(settings.server.log_level, settings.server.log_format)
+    try:
+        app = create_app(settings)
+    except KeyFileError as exc:
+        print(f"invalid key file: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     uvicorn.run(
-        create_app(settings),
+        app,
         host=server.host,
         port=server.port,
         log_level=settings.server.log_level,

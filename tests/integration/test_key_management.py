@@ -147,3 +147,19 @@ def test_keys_cli_needs_a_key_file_and_refuses_bad_input(tmp_path: Path) -> None
     again = keys_cli("create", "--key-file", str(path), "--name", "a")
     assert again.returncode == 1 and again.stdout == "" and "already exists" in again.stderr
     assert keys_cli("create", "--key-file", str(path), "--name", "b", "--rpm", "-1").returncode == 1
+
+
+def test_serve_refuses_a_broken_key_file(tmp_path: Path) -> None:
+    path = tmp_path / "keys.json"
+    path.write_text('{"keys": [{"name": "a"}]}')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY")}
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "serve", "--port", "1"],
+        cwd=ROOT,
+        env={**env, "GATEWAY__AUTH__KEY_FILE": f'"{path}"'},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "invalid key file" in done.stderr and "sha256" in done.stderr

@@ -88,7 +88,8 @@ def test_tokens_are_charged_after_the_request_and_refuse_the_next() -> None:
     assert headers["x-ratelimit-remaining-tokens"] == "60"
     assert error.error_type == "tokens"
     assert error.message.startswith(
-        "Rate limit reached for m for key `team-a` on tokens per 30s: Limit 100, Used 130. Please try again in "
+        "Rate limit reached for m for key `team-a` on tokens per 30s: Limit 100, Used 130. "
+        "Please try again in "
     )
     assert error.headers["x-ratelimit-remaining-tokens"] == "0"
 
