@@ -51,7 +51,7 @@ class OpenAIController(Controller):
         require_model(key, body.model)
         permit = await limiter.admit(key, body.model)
         if record is not None:
-            record.headers = permit.headers  # sent with the response, even an error
+            record.headers = permit.headers  # sent with any response; charge() updates them
         result = await engine.embed(
             body.model, body.input, instruction=body.instruction, dimensions=body.dimensions
         )
