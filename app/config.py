@@ -27,6 +27,8 @@ PoolingMode = Literal["mean", "weighted_mean", "eos_token", "last_token", "bos_t
 ModelKind = Literal["llm2vec", "encoder"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 OnOverflow = Literal["truncate", "error"]
+LogFormat = Literal["text", "json"]
+OnStorageError = Literal["open", "closed"]
 
 
 class ConfigError(Exception):
@@ -42,6 +44,8 @@ class ServerSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=Tru
     port: int = 8000
     max_body_bytes: int = 16 * 1024 * 1024
     log_level: str = "info"
+    # "json": every log line is one JSON object (the request line with its fields).
+    log_format: LogFormat = "text"
 
 
 class ApiKey(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -49,11 +53,21 @@ class ApiKey(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True):
     sha256: str | None = None
     # Plaintext keys are for development only; prefer sha256 digests in files.
     key: str | None = None
+    # Per-key overrides of [limits] (0 = unlimited), and the served names it may use (all if empty).
+    rpm: int | None = None
+    tpm: int | None = None
+    models: list[str] = []
 
 
 class AuthSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True):
     enabled: bool = True
     keys: list[ApiKey] = []
+    # Managed keys (`python -m app keys ...`); re-read when it changes. "" = none.
+    key_file: str = ""
+    key_file_poll_seconds: float = 1.0
+    # Guards /metrics when metrics.port = 0 (plaintext for development only).
+    admin_key_sha256: str | None = None
+    admin_key: str | None = None
 
 
 class ApiSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -97,12 +111,33 @@ class ModelSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True
     owned_by: str = "llm2vec-gateway"
 
 
+class LimitsSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    # Per key, counted over `window_seconds`; 0 = unlimited. Keys may override them.
+    rpm: int = 0
+    tpm: int = 0
+    window_seconds: int = 60
+    # "memory://" (this process only) or "redis://[:password@]host:port[/db]" (shared by replicas).
+    storage: str = "memory://"
+    # When the storage cannot be reached: "open" serves unlimited, "closed" answers 503.
+    on_storage_error: OnStorageError = "open"
+    storage_timeout_seconds: float = 0.5
+
+
+class MetricsSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    # Its own port; 0 serves /metrics on the API port, guarded by auth.admin_key_sha256.
+    port: int = 9464
+
+
 class Settings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True):
     server: ServerSettings = ServerSettings()
     auth: AuthSettings = AuthSettings()
     api: ApiSettings = ApiSettings()
     engine: EngineSettings = EngineSettings()
     models: list[ModelSettings] = []
+    limits: LimitsSettings = LimitsSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
 
 def _parse_env_value(raw: str) -> Any:
@@ -182,7 +217,30 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
     except msgspec.ValidationError as exc:
         raise ConfigError(str(exc)) from None
     _check(settings)
+    _check_controls(settings)
     return settings
+
+
+def _check_controls(settings: Settings) -> None:
+    """Key management, rate limits and metrics."""
+    auth, limits, metrics = settings.auth, settings.limits, settings.metrics
+    for i, key in enumerate(auth.keys):
+        if min(key.rpm or 0, key.tpm or 0) < 0:
+            raise ConfigError(f"auth.keys[{i}]: rpm and tpm must be 0 (unlimited) or more")
+    if auth.admin_key_sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", auth.admin_key_sha256):
+        raise ConfigError("auth.admin_key_sha256: expected 64 lowercase hex digits")
+    if auth.key_file_poll_seconds <= 0:
+        raise ConfigError("auth.key_file_poll_seconds: must be more than 0")
+    if min(limits.rpm, limits.tpm) < 0:
+        raise ConfigError("limits: rpm and tpm must be 0 (unlimited) or more")
+    if limits.window_seconds < 1 or limits.storage_timeout_seconds <= 0:
+        raise ConfigError("limits: window_seconds must be at least 1 and storage_timeout_seconds above 0")
+    if limits.storage.partition("://")[0] not in ("memory", "redis", "rediss"):
+        raise ConfigError("limits.storage: expected memory://, redis://... or rediss://...")
+    if metrics.enabled and metrics.port == 0 and auth.admin_key_sha256 is None and auth.admin_key is None:
+        raise ConfigError("metrics.port: 0 serves /metrics on the API port and needs auth.admin_key_sha256")
+    if metrics.enabled and metrics.port == settings.server.port:
+        raise ConfigError("metrics.port: must differ from server.port (or be 0 for /metrics on it)")
 
 
 def masked(settings: Settings) -> dict[str, Any]:
@@ -191,4 +249,12 @@ def masked(settings: Settings) -> dict[str, Any]:
     for key in data["auth"]["keys"]:
         if key.get("key") is not None:
             key["key"] = "***"
+    if data["auth"].get("admin_key") is not None:
+        data["auth"]["admin_key"] = "***"
+    data["limits"]["storage"] = _mask_url_password(data["limits"]["storage"])
     return data
+
+
+def _mask_url_password(url: str) -> str:
+    """redis://user:secret@host -> redis://user:***@host"""
+    return re.sub(r"^([a-z+]+://[^/@:]*:)[^/@]*@", r"\1***@", url)

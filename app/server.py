@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
+from prometheus_client import start_http_server
 
 from app.api.exception_handlers import exception_to_response
+from app.api.metrics import GatewayMetrics, metrics_endpoint
+from app.api.ratelimit import RateLimiter
 from app.api.request_log import RequestLogMiddleware
-from app.api.routes import OpenAIController, health, provide_engine, ready
-from app.auth.keys import KeyStore, generate_key
+from app.api.routes import OpenAIController, health, provide_engine, provide_limiter, ready
+from app.auth.key_file import KeyFileWatcher, read_key_file, signature, stored_keys
+from app.auth.keys import KeyIdentity, KeyStore, StoredKey, digest, generate_key, keys_from_settings
 from app.auth.middleware import ApiKeyAuthMiddleware
 from app.config import Settings, load_settings
 from app.engine.engine import EmbeddingEngine
@@ -24,25 +31,49 @@ from app.engine.engine import EmbeddingEngine
 logger = logging.getLogger(__name__)
 
 
-def _key_store(settings: Settings) -> tuple[KeyStore, str | None]:
-    """The configured keys; with none configured, one random key (returned to be shown once)."""
-    store = KeyStore.from_settings(settings.auth)
-    if len(store) == 0:
-        key = generate_key()
-        store.add("generated", key)
-        return store, key
-    return store, None
+def _key_store(settings: Settings) -> tuple[KeyStore, str | None, KeyFileWatcher | None]:
+    """The configured keys and the key file's; with none anywhere, one random key (returned
+    to be shown once, and kept for the run). The watcher follows the key file's changes."""
+    base = keys_from_settings(settings.auth)
+    path = Path(settings.auth.key_file) if settings.auth.key_file else None
+    seen = signature(path) if path else None
+    from_file = stored_keys(read_key_file(path)) if path else []
+    generated = None
+    if not base and not from_file:
+        generated = generate_key()
+        base = [StoredKey(digest(generated), KeyIdentity("generated"))]
+    watcher = KeyFileWatcher(path, settings.auth.key_file_poll_seconds, base, seen) if path else None
+    return KeyStore(base + from_file), generated, watcher
 
 
 def create_app(settings: Settings | None = None, engine: EmbeddingEngine | None = None) -> Litestar:
     settings = settings or load_settings()
-    engine = engine or EmbeddingEngine(settings)
-    middleware: list[object] = [RequestLogMiddleware()]
+    metrics: GatewayMetrics | None = None
+    if settings.metrics.enabled:
+        names = [m.name for m in settings.models] + [a.name for m in settings.models for a in m.aliases]
+        metrics = GatewayMetrics(names, lambda: app_engine.status())
+    app_engine = engine or EmbeddingEngine(settings, observer=metrics)
+    limiter = RateLimiter(settings.limits)
+    middleware: list[object] = [RequestLogMiddleware(metrics)]
     generated: str | None = None
-    state = State({"engine": engine, "settings": settings, "started_at": int(time.time())})
+    watcher: KeyFileWatcher | None = None
+    state = State(
+        {
+            "engine": app_engine,
+            "settings": settings,
+            "started_at": int(time.time()),
+            "limiter": limiter,
+            "metrics": metrics,
+        }
+    )
     if settings.auth.enabled:
-        state.key_store, generated = _key_store(settings)
+        state.key_store, generated, watcher = _key_store(settings)
         middleware.append(DefineMiddleware(ApiKeyAuthMiddleware))
+    handlers: list[object] = [OpenAIController, health, ready]
+    if metrics is not None and settings.metrics.port == 0:
+        auth = settings.auth
+        state.admin_key_sha256 = auth.admin_key_sha256 or digest(auth.admin_key or "")
+        handlers.append(metrics_endpoint)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -55,15 +86,32 @@ def create_app(settings: Settings | None = None, engine: EmbeddingEngine | None 
                 file=sys.stderr,
                 flush=True,
             )
-        engine.start()
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            await limiter.start()
+            stack.push_async_callback(limiter.stop)
+            if metrics is not None and settings.metrics.port:
+                server, _ = start_http_server(
+                    settings.metrics.port, addr=settings.metrics.host, registry=metrics.registry
+                )
+                stack.callback(server.server_close)
+                stack.callback(server.shutdown)
+            if watcher is not None:
+
+                def install(store: KeyStore) -> None:
+                    app.state.key_store = store
+
+                task = asyncio.create_task(watcher.run(install), name="key-file-watcher")
+                stack.callback(task.cancel)
+            app_engine.start()
+            stack.callback(app_engine.stop)
             yield
-        finally:
-            engine.stop()
 
     return Litestar(
-        route_handlers=[OpenAIController, health, ready],
-        dependencies={"engine": Provide(provide_engine, sync_to_thread=False)},
+        route_handlers=handlers,  # type: ignore[arg-type]
+        dependencies={
+            "engine": Provide(provide_engine, sync_to_thread=False),
+            "limiter": Provide(provide_limiter, sync_to_thread=False),
+        },
         middleware=middleware,  # type: ignore[arg-type]
         exception_handlers={Exception: exception_to_response},
         lifespan=[lifespan],

@@ -1,7 +1,10 @@
-"""Request ids and the one log line per request.
+"""Request ids, the one log line per request, and the request metrics.
 
-The line has the request id, key name, model, number of inputs, tokens, status and
-latency; never a key or any input text.
+The line has the request id, key name, model, number of inputs, tokens, status, latency,
+queue wait and compute time; never a key or any input text. Its fields also travel as
+`fields` on the log record, which the JSON formatter (app.logs) writes as they are.
+Headers a handler puts in `RequestRecord.headers` (the rate-limit headers) go out with the
+response, whatever it is, errors included.
 """
 
 from __future__ import annotations
@@ -10,12 +13,15 @@ import logging
 import re
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, HTTPResponseStartEvent, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from app.api.metrics import GatewayMetrics
 
 logger = logging.getLogger("app.requests")
 
@@ -31,6 +37,9 @@ class RequestRecord:
     model: str = "-"
     inputs: int = 0
     tokens: int = 0
+    queue_seconds: float = 0.0
+    compute_seconds: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def _state(scope: Scope) -> dict[str, Any]:
@@ -57,8 +66,18 @@ def _incoming_id(scope: Scope) -> str | None:
     return None
 
 
+def _with_headers(message: HTTPResponseStartEvent, extra: dict[str, str]) -> None:
+    headers = list(message.get("headers", []))
+    present = {name.lower() for name, _ in headers}
+    headers += [(k.encode(), v.encode()) for k, v in extra.items() if k.encode() not in present]
+    message["headers"] = headers
+
+
 class RequestLogMiddleware(ASGIMiddleware):
     scopes = (ScopeType.HTTP,)
+
+    def __init__(self, metrics: GatewayMetrics | None = None) -> None:
+        self._metrics = metrics
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         record = RequestRecord(request_id=_incoming_id(scope) or uuid.uuid4().hex)
@@ -70,9 +89,7 @@ class RequestLogMiddleware(ASGIMiddleware):
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = list(message.get("headers", []))
-                headers.append((REQUEST_ID_HEADER.encode(), record.request_id.encode()))
-                message["headers"] = headers
+                _with_headers(message, {REQUEST_ID_HEADER: record.request_id, **record.headers})
             await send(message)
 
         try:
@@ -82,16 +99,32 @@ class RequestLogMiddleware(ASGIMiddleware):
             status = getattr(exc, "status_code", 500)
             raise
         finally:
-            user = scope.get("user")
-            logger.info(
-                "request_id=%s method=%s path=%s key=%s model=%s inputs=%d tokens=%d status=%d ms=%.1f",
-                record.request_id,
-                scope.get("method", "-"),
-                scope.get("path", "-"),
-                getattr(user, "name", "-"),
-                record.model,
-                record.inputs,
-                record.tokens,
-                status,
-                (time.perf_counter() - started) * 1000,
+            self._finish(scope, record, status, time.perf_counter() - started)
+
+    def _finish(self, scope: Scope, record: RequestRecord, status: int, seconds: float) -> None:
+        key = getattr(scope.get("user"), "name", "-")
+        path = scope.get("path", "-")
+        fields = {
+            "request_id": record.request_id,
+            "method": scope.get("method", "-"),
+            "path": path,
+            "key": key,
+            "model": record.model,
+            "inputs": record.inputs,
+            "tokens": record.tokens,
+            "status": status,
+            "ms": round(seconds * 1000, 1),
+            "queue_ms": round(record.queue_seconds * 1000, 1),
+            "compute_ms": round(record.compute_seconds * 1000, 1),
+        }
+        logger.info(" ".join(f"{name}=%s" for name in fields), *fields.values(), extra={"fields": fields})
+        if self._metrics is not None and path.startswith("/v1/"):
+            self._metrics.on_request(
+                model=record.model,
+                key=key,
+                status=status,
+                seconds=seconds,
+                tokens=record.tokens,
+                queue_seconds=record.queue_seconds,
+                compute_seconds=record.compute_seconds,
             )

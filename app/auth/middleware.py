@@ -17,15 +17,21 @@ MISSING_KEY = (
 WRONG_KEY = "Incorrect API key provided. Ask the gateway's operator for a valid key."
 
 
+def bearer_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    """The key in `Authorization: Bearer <key>`, if there is one."""
+    scheme, _, key = connection.headers.get("authorization", "").partition(" ")
+    key = key.strip()
+    return key if scheme.lower() == "bearer" and key else None
+
+
 class ApiKeyAuthMiddleware(AbstractAuthenticationMiddleware):
     async def authenticate_request(
         self, connection: ASGIConnection[Any, Any, Any, Any]
     ) -> AuthenticationResult:
-        header = connection.headers.get("authorization", "")
-        scheme, _, key = header.partition(" ")
-        key = key.strip()
-        if scheme.lower() != "bearer" or not key:
+        key = bearer_key(connection)
+        if key is None:
             raise AuthenticationError(MISSING_KEY)
+        # Read per request: a reload of the key file swaps in a new store.
         store: KeyStore = connection.app.state.key_store
         identity = store.match(key)
         if identity is None:
