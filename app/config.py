@@ -113,8 +113,10 @@ class ModelSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True
 
 class LimitsSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True):
     # Per key, counted over `window_seconds`; 0 = unlimited. Keys may override them.
-    rpm: int = 0
-    tpm: int = 0
+    # The defaults are OpenAI's first usage tier for embeddings, so that every response
+    # carries the x-ratelimit-* headers clients read.
+    rpm: int = 3000
+    tpm: int = 1_000_000
     window_seconds: int = 60
     # "memory://" (this process only) or "redis://[:password@]host:port[/db]" (shared by replicas).
     storage: str = "memory://"

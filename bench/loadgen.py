@@ -146,7 +146,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=8)
     parser.add_argument("--format", choices=["base64", "float"], default="base64")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds for one request")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds for one request")
     args = parser.parse_args()
     print(json.dumps(asyncio.run(run(args))))
 

@@ -151,7 +151,7 @@ def _loadgen(url: str, model: str, scenario: Scenario, setup: Setup) -> dict[str
         f"--requests={scenario.requests}",
         f"--seconds={scenario.seconds * setup.seconds_scale}",
     )
-    out = subprocess.run(argv, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    out = subprocess.run(argv, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
     if out.returncode != 0:
         last = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"
         print(f"   {scenario.name}: load generator failed: {last}", flush=True)

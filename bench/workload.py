@@ -52,6 +52,11 @@ host = "127.0.0.1"
 port = {port}
 log_level = "warning"
 
+[limits]
+# Active (its cost is part of every request) but far above what the load generator sends.
+rpm = 100000000
+tpm = 100000000000
+
 [engine]
 max_batch_size = {batch_size}
 max_batch_tokens = {batch_tokens}

@@ -29,7 +29,9 @@ HEADERS = [
 
 def limited(rpm: int = 0, tpm: int = 0, **limits: object) -> Settings:
     auth = AuthSettings(keys=[ApiKey(name="team-a", key=KEY, rpm=rpm or None, tpm=tpm or None)])
-    return settings_with(auth=auth, limits=LimitsSettings(**limits))  # type: ignore[arg-type]
+    # Unlimited unless a test says otherwise, whatever the configured defaults.
+    unlimited: dict[str, object] = {"rpm": 0, "tpm": 0}
+    return settings_with(auth=auth, limits=LimitsSettings(**(unlimited | limits)))  # type: ignore[arg-type]
 
 
 def post(gw: Gateway, text: str = "hello world") -> httpx.Response:

@@ -13,7 +13,7 @@ from app.config import ConfigError, load_settings, masked
 def test_controls_defaults_are_documented_and_safe() -> None:
     settings = load_settings(env={})
     assert settings.auth.key_file == "" and settings.limits.storage == "memory://"
-    assert (settings.limits.rpm, settings.limits.tpm, settings.limits.window_seconds) == (0, 0, 60)
+    assert (settings.limits.rpm, settings.limits.tpm, settings.limits.window_seconds) == (3000, 1_000_000, 60)
     assert settings.limits.on_storage_error == "open"
     assert not settings.metrics.enabled and settings.metrics.host == "127.0.0.1"
     assert settings.server.log_format == "text"

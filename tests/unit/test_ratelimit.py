@@ -32,7 +32,8 @@ def test_durations_in_openais_format(seconds: float, text: str) -> None:
 
 
 def _limiter(**changes: object) -> RateLimiter:
-    return RateLimiter(LimitsSettings(**changes))  # type: ignore[arg-type]
+    unlimited: dict[str, object] = {"rpm": 0, "tpm": 0}  # whatever the configured defaults
+    return RateLimiter(LimitsSettings(**(unlimited | changes)))  # type: ignore[arg-type]
 
 
 def test_requests_per_window_then_openais_429() -> None:
