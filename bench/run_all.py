@@ -12,6 +12,7 @@ the load generator to core 1 (`taskset`), so runs are comparable. Everything lis
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -46,6 +47,7 @@ class Setup:
     batch_tokens: int = 16384
     device: str = "cpu"
     seconds_scale: float = 1.0
+    batch_wait_ms: float = 5.0
 
 
 CPU = Setup()
@@ -217,6 +219,7 @@ def bench_model(model: BenchModel, setup: Setup) -> dict[str, Any]:
             torch_threads=setup.torch_threads,
             batch_size=setup.batch_size,
             batch_tokens=setup.batch_tokens,
+            batch_wait_ms=setup.batch_wait_ms,
         )
     )
     url = f"http://127.0.0.1:{port}"
@@ -296,7 +299,8 @@ def render(results: dict[str, dict[str, Any]], command: str, setup: Setup) -> st
         "",
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {_cpu()}, "
         f"{psutil.cpu_count()} cores; {placement}. Engine: max_batch_size {setup.batch_size}, "
-        f"max_batch_tokens {setup.batch_tokens}. Load generator: bench/loadgen.py (aiohttp, base64 "
+        f"max_batch_tokens {setup.batch_tokens}, max_batch_wait_ms {setup.batch_wait_ms}. "
+        f"Load generator: bench/loadgen.py (aiohttp, base64 "
         f"responses, every one checked). Versions: {_versions()}.",
         "",
         "Scenarios send unique texts (nothing is deduplicated). The in-process limit is the "
@@ -364,10 +368,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", default="minilm,llama", help="comma-separated: minilm, llama, llama7b")
     parser.add_argument("--gpu", action="store_true", help="the GPU setup: bf16, no pinning, bigger batches")
+    parser.add_argument("--batch-wait-ms", type=float, help="engine.max_batch_wait_ms for the gateway")
     parser.add_argument("--out", default=str(ROOT / "bench" / "RESULTS.md"))
     parser.add_argument("--work", default=str(ROOT / "bench" / "out"), help="where models and raw results go")
     args = parser.parse_args()
     setup = GPU if args.gpu else CPU
+    if args.batch_wait_ms is not None:
+        setup = dataclasses.replace(setup, batch_wait_ms=args.batch_wait_ms)
     work = Path(args.work)
     builders = {
         "minilm": lambda: MINILM,

@@ -44,7 +44,13 @@ def make_llama_100m(directory: Path) -> BenchModel:
 
 
 def config_toml(
-    model: BenchModel, port: int, *, torch_threads: int = 1, batch_size: int = 32, batch_tokens: int = 16384
+    model: BenchModel,
+    port: int,
+    *,
+    torch_threads: int = 1,
+    batch_size: int = 32,
+    batch_tokens: int = 16384,
+    batch_wait_ms: float = 5.0,
 ) -> str:
     return f"""
 [server]
@@ -60,6 +66,7 @@ tpm = 100000000000
 [engine]
 max_batch_size = {batch_size}
 max_batch_tokens = {batch_tokens}
+max_batch_wait_ms = {batch_wait_ms}
 torch_threads = {torch_threads}
 
 [[models]]
