@@ -2,45 +2,25 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 
 from tests.conftest import MINILM
-from tests.serving import free_port
+from tests.processes import GatewayProcess
 
-ROOT = Path(__file__).resolve().parents[2]
 KEY = "sk-log-hygiene-7f3a9c1e5b"
 WRONG_KEY = "sk-wrong-key-d41d8cd98f"
 SECRET_TEXTS = ["patient record 4711 diagnosis", "confidential merger plan zebra", "x" * 300]
 
 
-def test_logs_of_a_real_run_hold_no_key_and_no_text() -> None:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY")}
-    env |= {"GATEWAY_API_KEY": KEY, "GATEWAY__SERVER__LOG_LEVEL": '"debug"'}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app", "serve", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+def test_logs_of_a_real_run_hold_no_key_and_no_text(tmp_path: Path) -> None:
+    gateway = GatewayProcess(
+        {"GATEWAY_API_KEY": KEY, "GATEWAY__SERVER__LOG_LEVEL": '"debug"'}, tmp_path / "gateway.log"
     )
-    url = f"http://127.0.0.1:{port}"
+    url = gateway.url
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+        gateway.wait_ready()
         auth = {"Authorization": f"Bearer {KEY}"}
         statuses = [
             httpx.post(f"{url}/v1/embeddings", headers=auth, json={"model": MINILM, "input": SECRET_TEXTS}),
@@ -58,8 +38,7 @@ def test_logs_of_a_real_run_hold_no_key_and_no_text() -> None:
         ]
         assert [r.status_code for r in statuses] == [200, 401, 404, 400]
     finally:
-        process.terminate()
-        output = process.communicate(timeout=30)[0]
+        output = gateway.stop()
     assert "request_id=" in output and "key=env" in output  # the request lines were logged
     for secret in [KEY, WRONG_KEY, *SECRET_TEXTS]:
         assert secret not in output
