@@ -123,6 +123,8 @@ class LimitsSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=Tru
     # When the storage cannot be reached: "open" serves unlimited, "closed" answers 503.
     on_storage_error: OnStorageError = "open"
     storage_timeout_seconds: float = 0.5
+    # Prefix of the counters' keys in Redis: deployments sharing one Redis keep apart by it.
+    key_prefix: str = "GATEWAY"
 
 
 class MetricsSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -235,6 +237,8 @@ def _check_controls(settings: Settings) -> None:
         raise ConfigError("auth.key_file_poll_seconds: must be more than 0")
     if min(limits.rpm, limits.tpm) < 0:
         raise ConfigError("limits: rpm and tpm must be 0 (unlimited) or more")
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", limits.key_prefix):
+        raise ConfigError("limits.key_prefix: 1 to 64 letters, digits, '_', '.', ':' or '-'")
     if limits.window_seconds < 1 or limits.storage_timeout_seconds <= 0:
         raise ConfigError("limits: window_seconds must be at least 1 and storage_timeout_seconds above 0")
     if limits.storage.partition("://")[0] not in ("memory", "redis", "rediss"):

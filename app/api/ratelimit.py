@@ -96,7 +96,7 @@ class RateLimiter:
                 "async+" + storage_url,
                 wrap_exceptions=True,
                 implementation="redispy",
-                key_prefix="GATEWAY",
+                key_prefix=self._settings.key_prefix,
                 connection_pool=self._pool,  # type: ignore[arg-type]
             )
         self._counter = FixedWindowRateLimiter(self._storage)

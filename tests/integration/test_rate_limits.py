@@ -117,7 +117,9 @@ def test_two_gateway_processes_share_one_redis_limit(redis_server: RedisServer, 
         "GATEWAY__LIMITS__RPM": "3",
         "GATEWAY__LIMITS__STORAGE": f'"{redis_server.url}"',
     }
-    with gateway_processes(env, env, logs=tmp_path) as (a, b):
+    # A third gateway, of another deployment sharing the Redis, keeps its own counters.
+    other = env | {"GATEWAY__LIMITS__KEY_PREFIX": "other-deployment"}
+    with gateway_processes(env, env, other, logs=tmp_path) as (a, b, c):
 
         def call(url: str) -> httpx.Response:
             return httpx.post(
@@ -128,7 +130,9 @@ def test_two_gateway_processes_share_one_redis_limit(redis_server: RedisServer, 
             )
 
         answers = [call(a.url), call(b.url), call(a.url), call(b.url), call(a.url)]
+        separate = call(c.url)
     assert [r.status_code for r in answers] == [200, 200, 200, 429, 429]
+    assert separate.status_code == 200 and separate.headers["x-ratelimit-remaining-requests"] == "2"
     assert [r.headers["x-ratelimit-remaining-requests"] for r in answers] == ["2", "1", "0", "0", "0"]
     assert answers[3].json()["error"]["type"] == "requests"
 

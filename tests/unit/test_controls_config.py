@@ -39,6 +39,7 @@ def test_admin_key_and_redis_password_are_masked() -> None:
         ("[limits]\nrpm = -1", "limits"),
         ("[limits]\nstorage = 'memcached://x'", "limits.storage"),
         ("[limits]\non_storage_error = 'maybe'", "$.limits.on_storage_error"),
+        ("[limits]\nkey_prefix = 'has space'", "limits.key_prefix"),
         ("[auth]\nadmin_key_sha256 = 'short'", "auth.admin_key_sha256"),
         ("[[auth.keys]]\nname = 'a'\nkey = 'sk-a'\nrpm = -2", "auth.keys[0]"),
         ("[server]\nlog_format = 'xml'", "$.server.log_format"),
