@@ -3,6 +3,7 @@ bidirectional, and the instruction is left out of the mean."""
 
 from __future__ import annotations
 
+import asyncio
 from functools import cache
 from typing import Any
 
@@ -140,6 +141,35 @@ def test_batched_equals_one_by_one(llm2vec_gateway: Gateway, family: str) -> Non
     for row, (vector, _) in zip(batched, single, strict=True):
         assert cosine(row, vector[0]) >= 0.99999
     assert batch_usage["prompt_tokens"] == sum(u["prompt_tokens"] for _, u in single)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_concurrent_requests_of_mixed_lengths_equal_llm2vec(
+    llm2vec_gateway: Gateway, tiny_models: dict[str, TinyModel], family: str
+) -> None:
+    """Requests batched together by the engine (left padding across requests, with and
+    without the instruction) still equal llm2vec's encode() of each text alone."""
+
+    async def run() -> list[httpx.Response]:
+        async with httpx.AsyncClient(headers=llm2vec_gateway.headers(), timeout=120) as client:
+            posts = [
+                client.post(
+                    f"{llm2vec_gateway.v1}/embeddings",
+                    json={"model": model, "input": text, "encoding_format": "float"},
+                )
+                for text in TEXTS
+                for model in (family, f"{family}-query")
+            ]
+            return await asyncio.gather(*posts)
+
+    responses = asyncio.run(run())
+    expected = reference(tiny_models[family])
+    for i, response in enumerate(responses):
+        assert response.status_code == 200, response.text
+        text = TEXTS[i // 2]
+        pair = [INSTRUCTION, text] if i % 2 else text
+        want = expected.encode([pair], show_progress_bar=False)[0].numpy()
+        assert cosine(response.json()["data"][0]["embedding"], want) >= 0.99999
 
 
 def test_long_input_is_truncated_to_max_length(llm2vec_gateway: Gateway) -> None:
