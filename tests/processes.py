@@ -5,14 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-import httpx
-
-from tests.serving import free_port
+from tests.serving import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,15 +30,9 @@ class GatewayProcess:
         )
 
     def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.process.poll() is None:
-            try:
-                if httpx.get(f"{self.url}/ready").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"gateway did not become ready:\n{self.log.read_text()}")
+        wait_ready(
+            self.url, timeout, lambda: self.process.poll() is None, lambda: "\n" + self.log.read_text()
+        )
 
     def stop(self) -> str:
         """Stop it and return everything it wrote."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -31,6 +31,20 @@ class Gateway:
         return {"Authorization": f"Bearer {self.key}"} if self.key else {}
 
 
+def wait_ready(url: str, timeout: float, alive: Callable[[], bool], why: Callable[[], str]) -> None:
+    """Poll `url`/ready until it answers 200; raise with `why()` if the server stops or time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or not alive():
+            raise RuntimeError(f"gateway did not become ready: {why()}")
+        time.sleep(0.05)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -51,17 +65,8 @@ def run_gateway(
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + ready_timeout
     try:
-        while True:
-            try:
-                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise RuntimeError(f"gateway did not become ready: {engine.status()}")
-            time.sleep(0.05)
+        wait_ready(url, ready_timeout, thread.is_alive, lambda: str(engine.status()))
         yield Gateway(url=url, key=key, engine=engine)
     finally:
         server.should_exit = True

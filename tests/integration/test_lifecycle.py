@@ -23,7 +23,7 @@ from app.models.protocol import EmbeddingBackend
 from app.models.registry import load_backend
 from app.server import create_app
 from tests.conftest import MINILM, TEST_KEY, settings_with
-from tests.serving import free_port, run_gateway
+from tests.serving import free_port, run_gateway, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -137,13 +137,7 @@ def test_cli_serve_generates_and_prints_a_key_once(
         found = re.search(r"generated key: (sk-\S+)", line)
         key = found.group(1) if found else None
     assert key is not None, "".join(lines)
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/ready").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
+    wait_ready(url, deadline - time.monotonic(), lambda: process.poll() is None, lambda: "".join(lines))
     body = {"model": MINILM, "input": "hello"}
     assert httpx.post(f"{url}/v1/embeddings", json=body).status_code == 401
     assert (

@@ -56,6 +56,16 @@ def test_plaintext_key_from_environment_is_masked() -> None:
             "models[1]",
         ),
         ("[[models]]\nname = 'a'\nbase_model = 'b'\nkind = 'encoder'\nadapters = ['x']", "models[0]"),
+        # the gateway controls
+        ("[metrics]\nenabled = true\nport = 0", "auth.admin_key_sha256"),
+        ("[metrics]\nenabled = true\nport = 8000", "metrics.port"),
+        ("[limits]\nrpm = -1", "limits"),
+        ("[limits]\nstorage = 'memcached://x'", "limits.storage"),
+        ("[limits]\non_storage_error = 'maybe'", "$.limits.on_storage_error"),
+        ("[limits]\nkey_prefix = 'has space'", "limits.key_prefix"),
+        ("[auth]\nadmin_key_sha256 = 'short'", "auth.admin_key_sha256"),
+        ("[[auth.keys]]\nname = 'a'\nkey = 'sk-a'\nrpm = -2", "auth.keys[0]"),
+        ("[server]\nlog_format = 'xml'", "$.server.log_format"),
     ],
 )
 def test_invalid_settings_name_the_field(tmp_path: Path, toml: str, path: str) -> None:
