@@ -72,9 +72,6 @@ class KeyStore:
     def from_settings(cls, settings: AuthSettings) -> KeyStore:
         return cls(keys_from_settings(settings))
 
-    def __len__(self) -> int:
-        return len(self._keys)
-
     def match(self, presented: str) -> KeyIdentity | None:
         """The key's identity, comparing against every key so timing reveals nothing."""
         candidate = hashlib.sha256(presented.encode("utf-8")).digest()
