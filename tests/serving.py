@@ -13,7 +13,8 @@ import httpx
 import uvicorn
 
 from app.config import Settings
-from app.engine.engine import EmbeddingEngine, Loader
+from app.engine.engine import EmbeddingEngine
+from app.models.protocol import BackendLoader
 from app.server import create_app
 
 
@@ -54,7 +55,10 @@ def free_port() -> int:
 
 @contextmanager
 def run_gateway(
-    settings: Settings, key: str | None = None, loader: Loader | None = None, ready_timeout: float = 120.0
+    settings: Settings,
+    key: str | None = None,
+    loader: BackendLoader | None = None,
+    ready_timeout: float = 120.0,
 ) -> Iterator[Gateway]:
     engine = EmbeddingEngine(settings, loader)
     port = free_port()

@@ -9,9 +9,12 @@ separator: a user text containing `!@#$%^&*()` cannot shift the pooled span.
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 from collections.abc import Sequence
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -45,38 +48,40 @@ def _check_architecture(base_model: str) -> None:
         )
 
 
-class LLM2VecBackend:
-    """Serves one LLM2Vec model; thread-confined as the EmbeddingBackend protocol says."""
+def _config_only(path: str) -> Any:
+    """The model's config with the `_name_or_path` llm2vec gives it, which picks the prompt
+    wrapper in `prepare_for_tokenization`: enough of a model for the tokenizer part."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path)
+    config_file = Path(path) / "config.json"
+    if config_file.is_file():
+        config._name_or_path = json.loads(config_file.read_text()).get("_name_or_path", "")
+    return SimpleNamespace(config=config)
+
+
+class LLM2VecTokenizer:
+    """The tokenizer part: llm2vec's tokenizer and prompt handling, no weights."""
 
     def __init__(self, settings: ModelSettings, path: str) -> None:
         from llm2vec import LLM2Vec
-        from peft import PeftModel
+        from transformers import AutoTokenizer
 
         _check_architecture(path)
-        self.device = resolve_device(settings.device)
-        dtype = resolve_dtype(settings.dtype, self.device)
-        l2v = LLM2Vec.from_pretrained(
-            path,
-            enable_bidirectional=True,
-            pooling_mode=settings.pooling,
-            max_length=settings.max_length,
-            torch_dtype=dtype,
+        # As LLM2Vec.from_pretrained sets it up (it pads on the left with EOS).
+        tokenizer: Any = AutoTokenizer.from_pretrained(path)
+        tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "left"
+        self._l2v = LLM2Vec(
+            _config_only(path), tokenizer, pooling_mode=settings.pooling, max_length=settings.max_length
         )
-        model: Any = l2v.model
-        for adapter in settings.adapters:
-            model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-        self._model = model.to(self.device).eval()
-        self._l2v = l2v
-        self._tokenizer = l2v.tokenizer
-        self._pooling = settings.pooling
+        self._tokenizer = tokenizer
         self.max_length = settings.max_length
-        self.dimensions = int(self._model.config.hidden_size)
         self.vocab_size = len(self._tokenizer)
-        self._pad_id = int(self._tokenizer.pad_token_id)
         # Marks where the text starts inside the prompt llm2vec builds; unguessable, so
         # no input can contain it (llm2vec's own marker is a fixed, public string).
         self._mark = f"\x00{secrets.token_hex(16)}\x00"
-        if self._pooling == "bos_token":
+        if settings.pooling == "bos_token":
             bos = self._tokenizer.bos_token_id
             first = self._tokenizer("a")["input_ids"][:1]
             if bos is None or first != [bos]:
@@ -103,6 +108,36 @@ class LLM2VecBackend:
             for (ids, n), span in zip(kept, pooled, strict=True)
         ]
 
+    def decode_ids(self, ids: Sequence[int]) -> str:
+        text: str = self._tokenizer.decode(list(ids))
+        return text
+
+
+class LLM2VecModel:
+    """The model part: loaded through llm2vec (its bidirectional classes), adapters merged."""
+
+    def __init__(self, settings: ModelSettings, path: str) -> None:
+        from llm2vec import LLM2Vec
+        from peft import PeftModel
+
+        _check_architecture(path)
+        self.device = resolve_device(settings.device)
+        dtype = resolve_dtype(settings.dtype, self.device)
+        l2v = LLM2Vec.from_pretrained(
+            path,
+            enable_bidirectional=True,
+            pooling_mode=settings.pooling,
+            max_length=settings.max_length,
+            torch_dtype=dtype,
+        )
+        model: Any = l2v.model
+        for adapter in settings.adapters:
+            model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        self._model = model.to(self.device).eval()
+        self._pooling = settings.pooling
+        self.dimensions = int(self._model.config.hidden_size)
+        self._pad_id = int(l2v.tokenizer.pad_token_id)
+
     def embed(self, batch: Sequence[TokenizedText]) -> npt.NDArray[np.float32]:
         with forward_context():
             ids, mask, positions = pad_batch(batch, self._pad_id, "left", self.device)
@@ -122,7 +157,3 @@ class LLM2VecBackend:
                 pooled = (states * weights.unsqueeze(-1)).sum(dim=1)
             result: npt.NDArray[np.float32] = pooled.cpu().numpy().astype(np.float32, copy=False)
             return result
-
-    def decode_ids(self, ids: Sequence[int]) -> str:
-        text: str = self._tokenizer.decode(list(ids))
-        return text
