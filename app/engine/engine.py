@@ -187,12 +187,19 @@ class EmbeddingEngine:
         return {name: slot.pool.batcher.depth for name, slot in self._slots.items() if slot.pool is not None}
 
     def workers(self, model: str) -> list[dict[str, object]]:
-        """Each worker of a loaded model: index, device, pid, serving, batches run."""
+        """Each worker of a loaded model: index, device, pid, serving, batches run and in flight."""
         pool = self._slots[self.resolve(model).entry.name].pool
         if pool is None:
             return []
         return [
-            {"index": w.index, "device": w.device, "pid": w.pid, "serving": w.serving, "batches": w.batches}
+            {
+                "index": w.index,
+                "device": w.device,
+                "pid": w.pid,
+                "serving": w.serving,
+                "batches": w.batches,
+                "in_flight": w.in_flight,
+            }
             for w in pool.workers
         ]
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.config import Alias, ApiSettings, ModelSettings
+from app.config import Alias, ApiSettings, EngineSettings, ModelSettings
 from tests.conftest import TEST_KEY, settings_with
 from tests.model_factory import TinyModel, make_llm2vec_model
 from tests.serving import Gateway, run_gateway
@@ -42,6 +42,10 @@ def llm2vec_gateway(tiny_models: dict[str, TinyModel]) -> Iterator[Gateway]:
         models.append(entry(model, family, aliases=[Alias(name=f"{family}-query", instruction=INSTRUCTION)]))
         # The first position's state: it sees later tokens only with bidirectional attention.
         models.append(entry(model, f"{family}-bos", pooling="bos_token"))
-    settings = settings_with(models=models, api=ApiSettings(token_ids="native"))
+    # Six entries: model threads, not six worker processes of torch each (this suite is about
+    # the vectors; tests/integration/test_workers.py covers the processes).
+    settings = settings_with(
+        models=models, api=ApiSettings(token_ids="native"), engine=EngineSettings(workers="thread")
+    )
     with run_gateway(settings, key=TEST_KEY) as gateway:
         yield gateway

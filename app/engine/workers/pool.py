@@ -37,6 +37,9 @@ class Worker(Protocol):
     pid: int | None
 
     @property
+    def in_flight(self) -> int: ...
+
+    @property
     def serving(self) -> bool: ...
 
     def start(self) -> None: ...

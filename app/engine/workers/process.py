@@ -132,6 +132,10 @@ class ProcessWorker:
         return self._serving
 
     @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    @property
     def name(self) -> str:
         return f"worker {self.index} (pid {self.pid})"
 

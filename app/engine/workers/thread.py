@@ -41,6 +41,7 @@ class ThreadWorker:
         self.dimensions = 0
         self.device = ""
         self.pid: int | None = None
+        self.in_flight = 0
 
     @property
     def serving(self) -> bool:
@@ -77,11 +78,14 @@ class ThreadWorker:
 
     def _execute(self, model: EmbeddingModel, batch: Batch) -> None:
         started = time.perf_counter()
+        self.in_flight = 1
         try:
             vectors = self._forward(model, batch.rows)
         except Exception as exc:
             self._batcher.fail(batch, exc)
             return
+        finally:
+            self.in_flight = 0
         self.batches += 1
         self._batcher.complete(batch, vectors, time.perf_counter() - started)
 
