@@ -164,7 +164,7 @@ def test_a_dead_model_fails_its_batch_at_once(tmp_path: Path, workers: str) -> N
     async def scenario() -> None:
         started = time.perf_counter()
         with pytest.raises(InternalServerError):
-            await engine.embed(MODEL, doomed)
+            await asyncio.wait_for(engine.embed(MODEL, doomed), 10)
         assert time.perf_counter() - started < 5
         if workers == "thread":
             assert engine.status()[MODEL].startswith("failed: model thread died")

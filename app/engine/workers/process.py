@@ -29,7 +29,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from app.config import ModelSettings
-from app.engine.batcher import Batch, Batcher
+from app.engine.batcher import Batch, Batcher, not_serving
 from app.engine.workers import channel
 from app.engine.workers.child import worker_main
 from app.errors import InternalServerError
@@ -266,6 +266,8 @@ class ProcessWorker:
             self._receive(self._replies)
             lost = self._lose_worker()
             if self._stopping.is_set():
+                for batch in lost:
+                    self._batcher.fail(batch, not_serving(self._batcher.model), "failed: the gateway stopped")
                 return
             code = self._process.exitcode if self._process is not None else None
             reason = f"{self.name} {_describe_exit(code)}"
@@ -353,6 +355,9 @@ class ProcessWorker:
                     self._on_change()
                     return False
                 continue
+            if self._stopping.is_set():  # stopped while it was starting
+                self._process.kill()
+                return False
             self.failure = None
             logger.warning(
                 "model %s: worker %d restarted (pid %s)", self._batcher.model, self.index, self.pid
