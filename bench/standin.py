@@ -117,9 +117,13 @@ def serve(config: str) -> None:
     from app.logs import configure_logging
     from app.server import create_app
 
+    # By its module's name: run as `python -m bench.standin` this module is __main__, and
+    # a worker process must find the loader's class under a name it can import.
+    from bench.standin import StandinLoader as Loader
+
     settings = load_settings(config, os.environ)
     configure_logging(settings.server.log_level, settings.server.log_format)
-    app = create_app(settings, engine=EmbeddingEngine(settings, StandinLoader()))
+    app = create_app(settings, engine=EmbeddingEngine(settings, Loader()))
     uvicorn.run(app, host=settings.server.host, port=settings.server.port, access_log=False)
 
 

@@ -2,13 +2,14 @@
 the gateway feeds it batches and settles the requests with what comes back.
 
 Three threads per worker, none of which computes anything heavy:
-- the feeder takes the next batch from the model's queue and hands it to the sender. It
-  keeps up to PIPELINE batches in flight, but sends a second one only when the queue holds
-  a full batch: planned early from a thin queue it would be small, and the worker pays a
-  fixed cost per forward. So the worker goes from one full batch straight to the next,
-  while lock-step clients still get batches as full as they can be;
-- the sender writes batches to the worker's pipe (a full pipe never blocks planning or
-  the reading of replies);
+- the feeder takes the next batch from the model's queue and writes it to the worker's
+  pipe. It keeps up to PIPELINE batches in flight, but sends a second one only when the
+  queue holds a full batch: planned early from a thin queue it would be small, and the
+  worker pays a fixed cost per forward. So the worker goes from one full batch straight
+  to the next, while lock-step clients still get batches as full as they can be;
+- the sender writes what the supervisor must send (halves of a batch that ran out of
+  memory, the stop message), so that the thread reading replies never blocks on a full
+  pipe while the worker blocks writing a reply;
 - the supervisor reads replies, settles requests, and when the worker dies fails exactly
   the requests of the batches it held, then starts a new worker after a backoff.
 A batch that runs out of accelerator memory comes back as MEMORY and is resent in halves.
@@ -112,6 +113,7 @@ class ProcessWorker:
         self._ids = itertools.count(1)
         self._in_flight: dict[int, Batch] = {}
         self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._send_lock = threading.Lock()
         self._life = 0
         self._serving = False
         self._stopping = threading.Event()
@@ -246,13 +248,19 @@ class ProcessWorker:
         if not current:  # the worker died between planning and sending
             self._batcher.fail(batch, InternalServerError(), "failed: the model worker died")
             return
-        self._outbox.put(channel.encode_batch(batch_id, batch.rows))
+        message = channel.encode_batch(batch_id, batch.rows)
+        requests = self._requests
+        assert requests is not None
+        # Written here rather than through the sender: one thread hop less per batch.
+        # Blocking on a full pipe is fine here; the supervisor keeps reading replies.
+        with self._send_lock, contextlib.suppress(OSError):  # a dead worker: the supervisor fails it
+            requests.send_bytes(message)
 
-    @staticmethod
-    def _send(requests: Connection, outbox: queue.SimpleQueue[bytes | None]) -> None:
+    def _send(self, requests: Connection, outbox: queue.SimpleQueue[bytes | None]) -> None:
         while (message := outbox.get()) is not None:
             try:
-                requests.send_bytes(message)
+                with self._send_lock:
+                    requests.send_bytes(message)
             except OSError:
                 return  # the worker is gone; the supervisor fails what it held
             if channel.kind(message) == channel.STOP:
