@@ -3,7 +3,9 @@
 `make_tokenizer` trains a small byte-level BPE tokenizer on a built-in corpus, so any text
 tokenizes without `<unk>`; `make_llm2vec_model` writes a base model directory (config,
 safetensors weights, tokenizer) and, optionally, a LoRA adapter directory whose weights
-really change the model's outputs.
+really change the model's outputs; `make_mntp_checkpoint` lays one out as McGill-NLP
+publishes LLM2Vec models (a -mntp directory with the MNTP LoRA, weights elsewhere).
+Families: Llama, Mistral, Gemma, Qwen2, Qwen3 (transformers' own classes).
 """
 
 from __future__ import annotations
