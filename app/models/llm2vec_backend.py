@@ -23,7 +23,11 @@ import torch
 
 from app.config import ModelSettings
 from app.models.llm2vec.loading import Checkpoint, check_bidirectional, inspect_checkpoint, load_model
-from app.models.llm2vec.prompts import join_instruction, prepare_for_tokenization
+from app.models.llm2vec.prompts import (
+    cut_to_doc_max_length,
+    join_instruction,
+    prepare_for_tokenization,
+)
 from app.models.protocol import ModelLoadError, TokenizedText
 from app.models.tokenization import tokenize_truncating
 from app.models.torch_runtime import forward_context, pad_batch, pooled_mask, resolve_device, resolve_dtype
@@ -45,6 +49,7 @@ class LLM2VecTokenizer:
         self._model_type = checkpoint.model_type
         self._pooling = settings.pooling
         self.max_length = settings.max_length
+        self._doc_max_length = checkpoint.doc_max_length
         self.vocab_size = len(self._tokenizer)
         self.pad_id = int(self._tokenizer.pad_token_id)
         # Marks where the text starts inside the prompt; unguessable, so no input can
@@ -66,8 +71,27 @@ class LLM2VecTokenizer:
         before, _, after = prepared.partition(self._mark)
         return before + after, after
 
+    def _text_tokens(self, text: str) -> int:
+        ids = self._tokenizer(text, add_special_tokens=False, truncation=True, max_length=self.max_length)
+        return len(ids["input_ids"])
+
+    def _cut_long_texts(self, texts: Sequence[str]) -> list[str]:
+        """llm2vec cuts a text of over doc_max_length tokens by words before building the
+        prompt; only possible where max_length allows that many tokens."""
+        if self.max_length <= self._doc_max_length:
+            return list(texts)
+        counts = self._tokenizer(
+            list(texts), add_special_tokens=False, truncation=True, max_length=self.max_length
+        )["input_ids"]
+        return [
+            cut_to_doc_max_length(text, self._text_tokens, self._doc_max_length)
+            if len(ids) > self._doc_max_length
+            else text
+            for text, ids in zip(texts, counts, strict=True)
+        ]
+
     def tokenize(self, texts: Sequence[str], instruction: str) -> list[TokenizedText]:
-        prompts = [self.prompt(text, instruction) for text in texts]
+        prompts = [self.prompt(text, instruction) for text in self._cut_long_texts(texts)]
         kept = tokenize_truncating(self._tokenizer, [p[0] for p in prompts], self.max_length)
         # llm2vec's embed_mask: the last len(text tokens) positions of each row.
         pooled = self._tokenizer(
@@ -121,7 +145,7 @@ class LLM2VecBackend:
     """Serves one LLM2Vec model; thread-confined as the EmbeddingBackend protocol says."""
 
     def __init__(self, settings: ModelSettings, path: str) -> None:
-        checkpoint = inspect_checkpoint(path, settings.revision or None)
+        checkpoint = inspect_checkpoint(path, settings.revision or None, list(settings.adapters))
         self.tokenizer = LLM2VecTokenizer(settings, checkpoint)
         self.model = LLM2VecModel(settings, checkpoint, self.tokenizer.pad_id)
         self.max_length = self.tokenizer.max_length

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from app.models.llm2vec.prompts import DOC_MAX_LENGTH
 from app.models.protocol import ModelLoadError
 
 # Decoder families whose stock transformers classes are verified bidirectional with the
@@ -43,6 +44,8 @@ class Checkpoint:
     weights_revision: str | None
     # The checkpoint holds an adapter (the MNTP LoRA) that llm2vec merges first.
     has_adapter: bool
+    # llm2vec's doc_max_length: from a local llm2vec_config.json, else its default.
+    doc_max_length: int = DOC_MAX_LENGTH
 
 
 def _read_json(path: str, name: str, revision: str | None) -> dict[str, Any] | None:
@@ -64,7 +67,18 @@ def _read_json(path: str, name: str, revision: str | None) -> dict[str, Any] | N
         return data
 
 
-def inspect_checkpoint(path: str, revision: str | None) -> Checkpoint:
+def _doc_max_length(path: str, adapters: list[str]) -> int:
+    """llm2vec reads llm2vec_config.json from its adapter (else the base) where that is a
+    local directory; the gateway's first adapter is llm2vec's peft_model_name_or_path."""
+    where = adapters[0] if adapters else path
+    file = os.path.join(where, "llm2vec_config.json")
+    if not os.path.isfile(file):
+        return DOC_MAX_LENGTH
+    with open(file, encoding="utf-8") as handle:
+        return int(json.load(handle).get("doc_max_length", DOC_MAX_LENGTH))
+
+
+def inspect_checkpoint(path: str, revision: str | None, adapters: list[str] | None = None) -> Checkpoint:
     config = _read_json(path, "config.json", revision)
     if config is None:
         raise ModelLoadError(f"{path}: no config.json (not a transformers model checkpoint)")
@@ -92,6 +106,7 @@ def inspect_checkpoint(path: str, revision: str | None) -> Checkpoint:
         weights=weights,
         weights_revision=weights_revision,
         has_adapter=adapter is not None,
+        doc_max_length=_doc_max_length(path, adapters or []),
     )
 
 

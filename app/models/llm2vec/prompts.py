@@ -13,6 +13,11 @@ Names are matched exactly, as llm2vec does: for example Llama-3.1 checkpoints
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+# llm2vec's default doc_max_length: a text over it is cut to about that many tokens, by words.
+DOC_MAX_LENGTH = 400
+
 LLAMA3_INSTRUCT = "meta-llama/Meta-Llama-3-8B-Instruct"
 INST_MODELS = ("mistralai/Mistral-7B-Instruct-v0.2", "meta-llama/Llama-2-7b-chat-hf")
 GEMMA_IT_MODELS = ("google/gemma-2-9b-it",)
@@ -53,3 +58,15 @@ def prepare_for_tokenization(text: str, name_or_path: str, model_type: str, pool
 def join_instruction(instruction: str, marker: str, text: str) -> str:
     """llm2vec's _convert_to_str join, with `marker` in place of its `!@#$%^&*()`."""
     return f"{instruction.strip()} {marker}{text}" if instruction else f"{marker}{text}"
+
+
+def cut_to_doc_max_length(text: str, count: Callable[[str], int], doc_max_length: int) -> str:
+    """llm2vec's _convert_to_str: while the text has more than `doc_max_length` tokens
+    (`count`: without special tokens, truncated to max_length), keep the first
+    int(words * doc_max_length / tokens) whitespace-separated words, joined by single spaces."""
+    tokens = count(text)
+    while tokens > doc_max_length:
+        words = text.split()
+        text = " ".join(words[: int(len(words) * (doc_max_length / tokens))])
+        tokens = count(text)
+    return text
