@@ -78,17 +78,15 @@ class LLM2VecTokenizer:
     def _cut_long_texts(self, texts: Sequence[str]) -> list[str]:
         """llm2vec cuts a text of over doc_max_length tokens by words before building the
         prompt; only possible where max_length allows that many tokens."""
+        result = list(texts)
         if self.max_length <= self._doc_max_length:
-            return list(texts)
-        counts = self._tokenizer(
-            list(texts), add_special_tokens=False, truncation=True, max_length=self.max_length
-        )["input_ids"]
-        return [
-            cut_to_doc_max_length(text, self._text_tokens, self._doc_max_length)
-            if len(ids) > self._doc_max_length
-            else text
-            for text, ids in zip(texts, counts, strict=True)
-        ]
+            return result
+        # Every token covers at least one byte (plus, at most, a word-start marker), so only
+        # texts of more bytes than doc_max_length can be over it: short ones skip the count.
+        long_rows = [i for i, text in enumerate(texts) if len(text.encode()) + 2 > self._doc_max_length]
+        for i in long_rows:
+            result[i] = cut_to_doc_max_length(texts[i], self._text_tokens, self._doc_max_length)
+        return result
 
     def tokenize(self, texts: Sequence[str], instruction: str) -> list[TokenizedText]:
         prompts = [self.prompt(text, instruction) for text in self._cut_long_texts(texts)]
