@@ -162,11 +162,24 @@ def make_bidirectional(model: Any) -> None:
 
 
 def check_bidirectional(model: Any, device: str) -> None:
-    """Refuse a model whose first position does not see a change at the last one."""
+    """Refuse a model whose first position does not see a change at the last one.
+
+    Read at the first layer's attention output, before the residual stream: there a causal
+    model gives bitwise-equal rows, while a bidirectional one differs by the attention paid
+    to the last token (which a bf16 final hidden state might round away)."""
     ids = torch.tensor([[3, 4, 5, 6], [3, 4, 5, 7]], device=device)
-    with torch.inference_mode():
-        first = model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state[:, 0].float()
-    if torch.allclose(first[0], first[1]):
+    seen: list[torch.Tensor] = []
+
+    def keep(module: Any, args: Any, output: Any) -> None:
+        seen.append((output[0] if isinstance(output, tuple) else output)[:, 0].float())
+
+    hook = attention_modules(model)[0].register_forward_hook(keep)
+    try:
+        with torch.inference_mode():
+            model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    finally:
+        hook.remove()
+    if torch.equal(seen[0][0], seen[0][1]):
         raise ModelLoadError(
             f"{model.config._name_or_path or model.config.model_type}: attention stayed causal after "
             "enabling bidirectional attention; refusing to serve it"
