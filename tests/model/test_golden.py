@@ -30,11 +30,18 @@ from tests.conftest import TEST_KEY, settings_with
 from tests.reference.layout import CASES, FIXTURES, materialize
 from tests.serving import run_gateway
 
+pytestmark = pytest.mark.slow
+
 GOLDEN: list[dict[str, Any]] = json.loads(CASES.read_text())["cases"]
 BY_ID = {case["id"]: case for case in GOLDEN}
 MIN_COSINE = 0.99999
-# Cases also checked over HTTP: a wrapper with an instruction, a mean without one, Gemma's BOS.
-SERVED_CASES = ("llama-3-instruct-mean-instruction", "mistral-instruct-weighted_mean-plain")
+# Cases also checked over HTTP: a wrapper with an instruction, a weighted mean without one,
+# and Gemma's first-token state (its wrapper adds a second BOS).
+SERVED_CASES = (
+    "llama-3-instruct-mean-instruction",
+    "mistral-instruct-weighted_mean-plain",
+    "gemma-it-bos_token-instruction",
+)
 
 
 def _group_key(case: dict[str, Any]) -> tuple[str, str, int]:
@@ -106,6 +113,15 @@ def test_golden_cases_cover_the_reference() -> None:
     assert {c["pooling"] for c in GOLDEN} == {"mean", "weighted_mean", "eos_token", "last_token", "bos_token"}
     assert {bool(c["instruction"]) for c in GOLDEN} == {True, False}
     assert {c["family"] for c in GOLDEN} == {"llama", "mistral", "gemma"}
+    # Names on which llm2vec 0.2.3's prepare_for_tokenization wraps or suffixes the text.
+    assert {c["name_or_path"] for c in GOLDEN} >= {
+        "meta-llama/Meta-Llama-3-8B-Instruct",
+        "meta-llama/Meta-Llama-3-8B",
+        "meta-llama/Llama-2-7b-chat-hf",
+        "mistralai/Mistral-7B-Instruct-v0.2",
+        "google/gemma-2-9b-it",
+        "Qwen/Qwen2-7B-Instruct",
+    }
     for case in GOLDEN:
         assert len(set(case["texts"])) == len(case["texts"]), case["id"]
         assert not any("!@#$%^&*()" in t for t in case["texts"]), case["id"]

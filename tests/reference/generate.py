@@ -22,6 +22,8 @@ from tests.reference.layout import CASES, VECTORS, materialize
 from tests.reference.layout import CHECKPOINTS as CHECKPOINTS_DIR
 
 MAX_LENGTH = 64
+# One checkpoint with a shorter limit, so a loader must take max_length from each entry.
+MAX_LENGTHS = {"sheared-llama": 32}
 POOLINGS = ("mean", "weighted_mean", "eos_token", "last_token", "bos_token")
 # Instructions LLM2Vec was trained with; a checkpoint uses one, by its position.
 INSTRUCTIONS = (
@@ -46,7 +48,7 @@ TEXTS = (
 SEPARATOR = "!@#$%^&*()"
 
 
-def _load(mntp: Path, supervised: Path, pooling: str) -> LLM2Vec:
+def _load(mntp: Path, supervised: Path, pooling: str, max_length: int) -> LLM2Vec:
     """As LLM2Vec's README loads a published model: the -mntp base (its adapter merged by
     llm2vec) plus the supervised adapter, bidirectional."""
     return LLM2Vec.from_pretrained(
@@ -54,7 +56,7 @@ def _load(mntp: Path, supervised: Path, pooling: str) -> LLM2Vec:
         peft_model_name_or_path=str(supervised),
         enable_bidirectional=True,
         pooling_mode=pooling,
-        max_length=MAX_LENGTH,
+        max_length=max_length,
         torch_dtype=torch.float32,
     )
 
@@ -82,12 +84,13 @@ def _poolings(model: LLM2Vec) -> list[str]:
 
 def _cases_for(checkpoint: Checkpoint, index: int, local: Path) -> list[dict[str, Any]]:
     mntp, supervised = local / "mntp", local / "supervised"
-    probe = _load(mntp, supervised, "mean")
+    max_length = MAX_LENGTHS.get(checkpoint.key, MAX_LENGTH)
+    probe = _load(mntp, supervised, "mean", max_length)
     if probe.model.config._name_or_path != checkpoint.name_or_path:
         raise RuntimeError(f"{checkpoint.key}: llm2vec sees {probe.model.config._name_or_path!r}")
     cases = []
     for pooling in _poolings(probe):
-        model = _load(mntp, supervised, pooling)
+        model = _load(mntp, supervised, pooling, max_length)
         for instruction in ("", INSTRUCTIONS[index % len(INSTRUCTIONS)]):
             case_id = f"{checkpoint.key}-{pooling}-{'instruction' if instruction else 'plain'}"
             vectors = _encode_alone(model, instruction, TEXTS)
@@ -100,7 +103,7 @@ def _cases_for(checkpoint: Checkpoint, index: int, local: Path) -> list[dict[str
                     "name_or_path": checkpoint.name_or_path,
                     "wrapper": checkpoint.wrapper,
                     "pooling": pooling,
-                    "max_length": MAX_LENGTH,
+                    "max_length": max_length,
                     "instruction": instruction,
                     "texts": list(TEXTS),
                     "vectors": f"vectors/{case_id}.npy",
