@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONFIG ?= config/default.toml
 
-.PHONY: install serve test lint bench redis
+.PHONY: install serve test lint bench redis golden
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -35,3 +35,19 @@ lint: install
 
 bench: install
 	$(PY) -m bench.run_all
+
+# The golden fixtures: llm2vec 0.2.3's own encode() on tiny checkpoints, in a venv of its
+# own (the reference stack is not the gateway's). Rewrites tests/reference/fixtures.
+REF_VENV ?= .venv-reference
+REF_PY := $(REF_VENV)/bin/python
+REF_STAMP := $(REF_VENV)/.installed
+
+$(REF_STAMP): tests/reference/requirements.txt
+	test -x $(REF_PY) || python3 -m venv $(REF_VENV)
+	$(REF_PY) -m pip install -q --upgrade pip
+	$(REF_PY) -m pip install -q torch==2.13.0
+	$(REF_PY) -m pip install -q -r tests/reference/requirements.txt
+	touch $(REF_STAMP)
+
+golden: $(REF_STAMP)
+	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONHASHSEED=0 $(REF_PY) -m tests.reference.generate

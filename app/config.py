@@ -104,6 +104,8 @@ class ModelSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True
     base_model: str
     kind: ModelKind = "llm2vec"
     adapters: list[str] = []
+    # A hub revision (branch, tag or commit) for base_model and adapters; "" = the default branch.
+    revision: str = ""
     pooling: PoolingMode = "mean"
     max_length: int = 512
     on_overflow: OnOverflow = "truncate"

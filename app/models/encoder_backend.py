@@ -25,8 +25,9 @@ class EncoderTokenizer:
     def __init__(self, settings: ModelSettings, path: str) -> None:
         from transformers import AutoConfig, AutoTokenizer
 
-        self._tokenizer: Any = AutoTokenizer.from_pretrained(path)
-        config = AutoConfig.from_pretrained(path)
+        revision = settings.revision or None
+        self._tokenizer: Any = AutoTokenizer.from_pretrained(path, revision=revision)
+        config = AutoConfig.from_pretrained(path, revision=revision)
         limit = int(getattr(config, "max_position_embeddings", settings.max_length))
         if settings.max_length > limit:
             raise ModelLoadError(
@@ -54,7 +55,9 @@ class EncoderModel:
         from transformers import AutoModel
 
         self.device = resolve_device(settings.device)
-        model: Any = AutoModel.from_pretrained(path, torch_dtype=resolve_dtype(settings.dtype, self.device))
+        model: Any = AutoModel.from_pretrained(
+            path, revision=settings.revision or None, dtype=resolve_dtype(settings.dtype, self.device)
+        )
         self._model = model.to(self.device).eval()
         self.dimensions = int(self._model.config.hidden_size)
         self._pad_id = int(self._model.config.pad_token_id or 0)

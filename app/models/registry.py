@@ -36,9 +36,11 @@ def load_tokenizer(settings: ModelSettings) -> EmbeddingTokenizer:
         from app.models.encoder_backend import EncoderTokenizer
 
         return EncoderTokenizer(settings, path)
+    from app.models.llm2vec.loading import inspect_checkpoint
     from app.models.llm2vec_backend import LLM2VecTokenizer
 
-    return LLM2VecTokenizer(settings, path)
+    checkpoint = inspect_checkpoint(path, settings.revision or None, list(settings.adapters))
+    return LLM2VecTokenizer(settings, checkpoint)
 
 
 def load_model(settings: ModelSettings) -> EmbeddingModel:
@@ -48,9 +50,12 @@ def load_model(settings: ModelSettings) -> EmbeddingModel:
         from app.models.encoder_backend import EncoderModel
 
         return EncoderModel(settings, path)
-    from app.models.llm2vec_backend import LLM2VecModel
+    from app.models.llm2vec.loading import inspect_checkpoint
+    from app.models.llm2vec_backend import LLM2VecModel, LLM2VecTokenizer
 
-    return LLM2VecModel(settings, path)
+    checkpoint = inspect_checkpoint(path, settings.revision or None, list(settings.adapters))
+    # The pad id is the tokenizer's (llm2vec pads with EOS); the tokenizer costs no weights.
+    return LLM2VecModel(settings, checkpoint, LLM2VecTokenizer(settings, checkpoint).pad_id)
 
 
 def load_backend(settings: ModelSettings) -> EmbeddingBackend:
