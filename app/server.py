@@ -27,7 +27,7 @@ from app.auth.key_file import KeyFileWatcher, read_key_file, signature, stored_k
 from app.auth.keys import KeyIdentity, KeyStore, StoredKey, digest, generate_key, keys_from_settings
 from app.auth.middleware import ApiKeyAuthMiddleware
 from app.config import Settings, load_settings
-from app.engine.engine import EmbeddingEngine
+from app.engine.engine import EmbeddingEngine, Loader
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +56,17 @@ async def _freeze_after_load(engine: EmbeddingEngine) -> None:
     gc.freeze()
 
 
-def create_app(settings: Settings | None = None, engine: EmbeddingEngine | None = None) -> Litestar:
+def create_app(
+    settings: Settings | None = None, engine: EmbeddingEngine | None = None, loader: Loader | None = None
+) -> Litestar:
+    """The app on `settings`; `engine` (built here unless given, with `loader` and the metrics
+    as its observer) is on `app.state.engine`."""
     settings = settings or load_settings()
     metrics: GatewayMetrics | None = None
     if settings.metrics.enabled:
         names = [m.name for m in settings.models] + [a.name for m in settings.models for a in m.aliases]
         metrics = GatewayMetrics(names, lambda: app_engine.status())
-    app_engine = engine or EmbeddingEngine(settings, observer=metrics)
+    app_engine = engine or EmbeddingEngine(settings, loader, observer=metrics)
     limiter = RateLimiter(settings.limits)
     middleware: list[object] = [RequestLogMiddleware(metrics)]
     generated: str | None = None
