@@ -95,12 +95,12 @@ class LLM2VecBackend:
     def tokenize(self, texts: Sequence[str], instruction: str) -> list[TokenizedText]:
         prompts = [self._prompt(text, instruction) for text in texts]
         kept = tokenize_truncating(self._tokenizer, [p[0] for p in prompts], self.max_length)
-        pooled = self._tokenizer(
-            [p[1] for p in prompts], add_special_tokens=False, truncation=True, max_length=self.max_length
-        )["input_ids"]
+        pooled = tokenize_truncating(
+            self._tokenizer, [p[1] for p in prompts], self.max_length, add_special_tokens=False
+        )
         return [
-            TokenizedText(input_ids=ids, pooled=len(span), full_length=n)
-            for (ids, n), span in zip(kept, pooled, strict=True)
+            TokenizedText(t.ids, pooled=len(span.ids), full_length=t.length, full_length_exact=t.exact)
+            for t, span in zip(kept, pooled, strict=True)
         ]
 
     def embed(self, batch: Sequence[TokenizedText]) -> npt.NDArray[np.float32]:
