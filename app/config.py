@@ -78,6 +78,10 @@ class AuthSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True)
 class ApiSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True):
     max_inputs: int = 2048
     max_request_tokens: int = 300_000
+    # One input longer than this (in characters, token ids counted once decoded) gets 400.
+    # Over-long text is cut to max_length cheaply whatever its size, so the default lets
+    # through any input a body under server.max_body_bytes can hold.
+    max_input_chars: int = 16 * 1024 * 1024
     # How token-id input (what LangChain sends) is read: a tiktoken encoding name, or
     # "native" for the served model's own token ids.
     token_ids: str = "cl100k_base"
@@ -207,8 +211,8 @@ def _check(settings: Settings) -> None:
         raise ConfigError("engine: batch and queue bounds must be at least 1")
     if not 0 <= eng.max_batch_wait_ms <= 1000:
         raise ConfigError("engine.max_batch_wait_ms: must be between 0 and 1000")
-    if settings.api.max_inputs < 1 or settings.api.max_request_tokens < 1:
-        raise ConfigError("api: max_inputs and max_request_tokens must be at least 1")
+    if min(settings.api.max_inputs, settings.api.max_request_tokens, settings.api.max_input_chars) < 1:
+        raise ConfigError("api: max_inputs, max_request_tokens and max_input_chars must be at least 1")
 
 
 def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:

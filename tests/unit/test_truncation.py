@@ -54,7 +54,9 @@ def _tokenizers() -> dict[str, Any]:
     }
 
 
-def reference(tokenizer: Any, texts: list[str], max_length: int, special: bool) -> list[tuple[list[int], int]]:
+def reference(
+    tokenizer: Any, texts: list[str], max_length: int, special: bool
+) -> list[tuple[list[int], int]]:
     """Today's truncation: the whole text tokenized, then the tokenizer's own truncation."""
     full = tokenizer(texts, add_special_tokens=special)["input_ids"]
     cut = tokenizer(texts, add_special_tokens=special, truncation=True, max_length=max_length)["input_ids"]
@@ -63,7 +65,9 @@ def reference(tokenizer: Any, texts: list[str], max_length: int, special: bool) 
 
 def check(tokenizer: Any, texts: list[str], max_length: int, special: bool = True) -> None:
     got = tokenize_truncating(tokenizer, texts, max_length, add_special_tokens=special)
-    for text, found, (ids, length) in zip(texts, got, reference(tokenizer, texts, max_length, special), strict=True):
+    for text, found, (ids, length) in zip(
+        texts, got, reference(tokenizer, texts, max_length, special), strict=True
+    ):
         assert list(found.ids) == ids, f"{len(text)} chars: {text[:200]!r}"
         if found.exact:
             assert found.length == length
