@@ -7,6 +7,9 @@
    requests back to back: first 14 MiB strings, then bodies of many long texts. Reports
    the small requests' latency (p50, p99, max) in each phase, and alone as a reference.
 
+3. `--holds`: in process, the longest a huge request holds the model's tokenizer thread at
+   a stretch (one turn), which is what a small request waits for tokenization.
+
 Bounded (rounds and seconds), loopback only, every response checked. Run it on a quiet
 machine: the numbers are the machine's as much as the gateway's.
 """
@@ -31,9 +34,9 @@ from bench.run_all import ROOT, RssSampler, _env, _free_port, _wait
 KEY = "sk-bench-huge-0123456789"
 MODEL = "all-MiniLM-L6-v2"
 HUGE = ("Every word of this sentence counts as a token or two. " * 270_000)[: 14 * 1024 * 1024]
-# Many texts just under the size the gateway still tokenizes whole (4 character budgets):
-# the most tokenizer work a body can carry.
-MANY = [f"{i} " + HUGE[:19_000] for i in range(150)]
+# Many texts just under the size the gateway still tokenizes whole (2 character budgets,
+# twice): the most tokenizer work per character a body can carry.
+MANY = [f"{i} " + HUGE[:9_700] for i in range(300)]
 
 
 def _post(client: httpx.Client, url: str, text: str | list[str]) -> httpx.Response:
@@ -88,6 +91,27 @@ def _while_huge(url: str, bodies: list[str | list[str]], seconds: float) -> dict
     small = _small_latencies(url, stop, seconds)
     thread.join(seconds + 300)
     return {"small": _summary(small), "huge_request_ms": huge_ms}
+
+
+def tokenizer_holds() -> dict[str, Any]:
+    """In process: how long one request holds the model's tokenizer thread at a stretch
+    (a turn), for each huge workload; what a small request can wait for tokenization."""
+    from transformers import AutoTokenizer
+
+    from app.engine.turns import turns
+    from app.models.registry import resolve_path
+    from app.models.tokenization import tokenize_truncating
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_path(f"bundled:{MODEL}"))
+    results: dict[str, Any] = {}
+    for name, texts in (("one_14mib_string", [HUGE]), ("many_long_texts", MANY)):
+        held = []
+        for turn in turns(list(texts)):
+            started = time.perf_counter()
+            tokenize_truncating(tokenizer, [t for t in turn if isinstance(t, str)], 256)
+            held.append((time.perf_counter() - started) * 1000)
+        results[name] = {"turns": len(held), "max_turn_ms": round(max(held), 1), "total_ms": round(sum(held))}
+    return results
 
 
 def run(rounds: int, seconds: float, server_root: Path = ROOT, only_one: bool = False) -> dict[str, Any]:
@@ -146,7 +170,11 @@ def main() -> None:
         "--server-root", type=Path, default=ROOT, help="serve the app of this tree (e.g. an export of main)"
     )
     parser.add_argument("--only-one", action="store_true", help="only the one 14 MiB string")
+    parser.add_argument("--holds", action="store_true", help="only the tokenizer turns, in process")
     args = parser.parse_args()
+    if args.holds:
+        print(json.dumps(tokenizer_holds(), indent=2))
+        return
     print(json.dumps(run(args.rounds, args.seconds, args.server_root, args.only_one), indent=2))
 
 

@@ -24,8 +24,9 @@ from typing import Any
 
 # Tokens past max_length that the budget keeps room for (special tokens, a cut word).
 MARGIN_TOKENS = 16
-# Pre-cutting costs ~3 budgets of tokenization; below this many budgets, tokenize it all.
-_PRE_CUT_FROM_BUDGETS = 4
+# Pre-cutting costs 3 budgets of tokenization, and an over-long text tokenized whole costs
+# two passes (count, then truncate): from 2 budgets on, cutting is cheaper.
+_PRE_CUT_FROM_BUDGETS = 2
 
 _longest_token: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 

@@ -89,7 +89,7 @@ def test_a_huge_input_is_truncated_and_counted_as_its_kept_tokens(gateway: Gatew
 
 
 def test_small_requests_are_tokenized_between_the_turns_of_a_big_one(gateway: Gateway) -> None:
-    """2,000 texts of 1,700 characters (about 3 MB of tokenizer work; a short max_length
+    """2,000 texts of 1,700 characters (a short max_length
     keeps the forward passes cheap) are tokenized in turns: small requests sent meanwhile
     are tokenized between them, not after all of them."""
     recording = RECORDED[SHORT]
