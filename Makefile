@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONFIG ?= config/default.toml
 
-.PHONY: install serve test lint bench redis
+.PHONY: install serve test lint bench redis golden-gen
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -35,3 +35,19 @@ lint: install
 
 bench: install
 	$(PY) -m bench.run_all
+
+# LLM2Vec-Gen golden fixtures: the reference package (llm2vec-gen 0.1.3 on its own
+# transformers 4.56.2 / peft 0.18.0, in its own venv) writes tests/reference/llm2vec_gen/fixtures.
+GEN_VENV := .venv-reference-gen
+GEN_REQ := tests/reference/llm2vec_gen/requirements.txt
+
+$(GEN_VENV)/.installed: $(GEN_REQ)
+	test -x $(GEN_VENV)/bin/python || python3 -m venv $(GEN_VENV)
+	$(GEN_VENV)/bin/python -m pip install -q --upgrade pip
+	$(GEN_VENV)/bin/python -m pip install -q -r $(GEN_REQ)
+	# Without its pins (torch 2.6, flash-attn) and training stack (hydra, wandb, mteb).
+	$(GEN_VENV)/bin/python -m pip install -q --no-deps llm2vec-gen==0.1.3
+	touch $@
+
+golden-gen: $(GEN_VENV)/.installed
+	HF_HUB_OFFLINE=1 $(GEN_VENV)/bin/python tests/reference/llm2vec_gen/generate.py
