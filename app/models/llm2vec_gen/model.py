@@ -32,6 +32,8 @@ class LLM2VecGenEncoder:
         from peft import PeftModel
         from transformers import AutoModel
 
+        # The projections first: a refused file fails the load before the weights are read.
+        projections = [load_projection(path) for path in layout.projections]
         self.device = resolve_device(settings.device)
         dtype = resolve_dtype(settings.dtype, self.device)
         try:
@@ -44,7 +46,6 @@ class LLM2VecGenEncoder:
         base.resize_token_embeddings(vocab_size, mean_resizing=False)
         model = PeftModel.from_pretrained(base, str(layout.directory), subfolder=ENCODER_DIR)
         self._model = model.merge_and_unload().to(self.device).eval()
-        projections = [load_projection(path) for path in layout.projections]
         self.dimensions = chain(projections, int(self._model.config.hidden_size))
         self._projections: list[Projection] = [p.to(self.device) for p in projections]
         self._pad_id = pad_id

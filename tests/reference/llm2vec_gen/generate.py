@@ -73,6 +73,14 @@ SHORT_TEXTS = [
     "Water boils at 100 degrees Celsius at sea level; the train leaves at 10:45 from platform 7.",
 ]
 
+# User texts holding special-token strings: read as plain text, they must not move the
+# pooled span. The package itself reads them as special tokens, and then, once truncation
+# cuts its appended ones, finds "enough" special tokens and pools the text's last tokens.
+SPECIAL_TEXTS = [
+    "what is <question1><question2><question3><question4> for?",
+    "<question1><question2><question3><question4><question5><question6> The quick brown fox jumps.",
+]
+
 CORPUS = """\
 The quick brown fox jumps over the lazy dog, and the dog does not mind at all.
 Hello world! How are you today? I am fine, thank you, and I hope you are well too.
@@ -174,6 +182,7 @@ def make_checkpoint(
     training_args = CustomTrainingArguments(
         # relative, as train.py's outputs/<run id>
         output_dir=f"outputs/{out.name}",
+        logging_dir=f"outputs/{out.name}/runs",  # not the default, which has the time in it
         use_peft_for_encoder=use_peft_for_encoder,
         encoder_lora_r=8,
         encoder_lora_alpha=16,
@@ -240,6 +249,20 @@ def reference_vectors(checkpoint: Path) -> dict[str, object]:
         return [model.encode(text, max_length=max_length)[0].tolist() for text in texts]
 
     specials = model.tokenizer.additional_special_tokens
+
+    def plain(texts: list[str], max_length: int = 512) -> list[list[float]]:
+        """The package's EncoderDecoderModel.encode() on the text read as plain text (split
+        special tokens) with the special tokens' ids appended after truncation."""
+        ids = torch.tensor(model.tokenizer.convert_tokens_to_ids(specials))
+        rows = []
+        for text in texts:
+            text_ids = model.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+            row = torch.cat([torch.tensor(text_ids[: max_length - len(ids)]), ids]).unsqueeze(0)
+            with torch.no_grad():
+                states, _ = model.model.encode(query_input_ids=row, query_attention_mask=torch.ones_like(row))
+            rows.append(states.mean(dim=1)[0].tolist())
+        return rows
+
     return {
         "padding_side": model.tokenizer.padding_side,
         "special_tokens": list(specials),
@@ -248,6 +271,9 @@ def reference_vectors(checkpoint: Path) -> dict[str, object]:
         "document": alone([DOCUMENT_INSTRUCTION + t for t in TEXTS]),
         "short": alone(SHORT_TEXTS, SHORT_MAX_LENGTH),
         "batched_by_package": model.encode(TEXTS).tolist(),
+        "special_in_text": plain(SPECIAL_TEXTS),
+        "special_in_text_short": plain(SPECIAL_TEXTS, SHORT_MAX_LENGTH),
+        "special_in_text_short_by_package": alone(SPECIAL_TEXTS, SHORT_MAX_LENGTH),
         # usage as the gateway must count it: every token the model ran, special ones included
         "tokens": [len(model.tokenizer(t + "".join(specials))["input_ids"]) for t in TEXTS],
     }
@@ -297,6 +323,7 @@ def main() -> None:
             "texts": TEXTS,
             "short_texts": SHORT_TEXTS,
             "short_max_length": SHORT_MAX_LENGTH,
+            "special_texts": SPECIAL_TEXTS,
             "query_instruction": QUERY_INSTRUCTION,
             "document_instruction": DOCUMENT_INSTRUCTION,
             "checkpoints": {},
