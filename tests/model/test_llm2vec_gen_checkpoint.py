@@ -157,3 +157,17 @@ def test_config_refuses_adapters_or_pooling_for_llm2vec_gen(tmp_path: Path) -> N
         load_settings(path)
     path.write_text('[[models]]\nname = "g"\nkind = "llm2vec-gen"\nbase_model = "x"\n')
     assert load_settings(path).models[0].kind == "llm2vec-gen"
+
+
+def test_an_unknown_checkpoint_is_refused_offline(gen: GenFixtures) -> None:
+    # HF_HUB_OFFLINE (tests/conftest.py): a hub id not in the cache is a clear load error.
+    with pytest.raises(ModelLoadError, match="not a local directory, and not on the hub or in its cache"):
+        load_backend(gen_entry(gen, "tokens", "missing", base_model="McGill-NLP/LLM2Vec-Gen-No-Such-Model"))
+
+
+def test_a_missing_base_model_is_refused(gen: GenFixtures, checkpoint: Path, tmp_path: Path) -> None:
+    run_config = checkpoint / "run_config.yml"
+    text = run_config.read_text(encoding="utf-8").replace(str(gen.root / "base"), str(tmp_path / "gone"))
+    run_config.write_text(text, encoding="utf-8")
+    with pytest.raises(ModelLoadError, match="base model"):
+        load_backend(gen_entry(gen, "tokens", "no-base", base_model=str(checkpoint)))

@@ -13,11 +13,13 @@ training dependencies). It builds, offline and from fixed seeds:
   `tokens/`: the published default, a peft TRAINABLE_TOKENS adapter (use_peft_for_encoder
   false), reconstruction and alignment projections, 6 special tokens, `last_4_tokens`;
   `lora/`: use_peft_for_encoder true (LoRA on every projection plus trainable tokens), the
-  alignment projection only (to 48 dimensions), 5 special tokens, `last_5_tokens`;
+  alignment projection only (to 48 dimensions), 4 special tokens, `last_4_tokens`;
 - `vectors.json`: `LLM2VecGenModel.encode()` of each text ALONE (its correct output), with
   and without the README's instructions and at a short max_length that truncates, plus the
   package's batched encode() of the mixed-length texts together (which pads on the right
-  and pools pad positions: kept to document that pitfall).
+  and pools pad positions: kept to document that pitfall), and, for texts that hold
+  special-token strings, the package's EncoderDecoderModel.encode() on those texts read as
+  plain text (what the gateway must give) beside encode()'s own, shifted, result.
 
 Random adapter weights (LoRA B, trainable tokens) are drawn non-zero so that every part
 changes the vectors. Paths are written relative: run_config.yml names the base model
