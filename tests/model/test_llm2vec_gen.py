@@ -190,3 +190,21 @@ def test_models_list_and_errors(gen_gateway: Gateway) -> None:
         client.embeddings.create(model="lora", input="x", dimensions=49)
     assert error.value.status_code == 400
     assert "dimensions" in str(error.value)
+
+
+@pytest.mark.parametrize("checkpoint", CHECKPOINTS)
+def test_the_tokenizer_part_alone_gives_the_packages_input_ids(gen: GenFixtures, checkpoint: str) -> None:
+    """No weights: the ids encode() runs for each text alone, truncated ones included."""
+    from app.models.llm2vec_gen.backend import load_tokenizer_part
+
+    golden, vectors = gen.golden(checkpoint), gen.vectors
+    for texts, limit, key in [
+        (vectors["texts"], 512, "input_ids"),
+        (vectors["short_texts"], vectors["short_max_length"], "short_input_ids"),
+    ]:
+        _, tokenizer = load_tokenizer_part(
+            gen_entry(gen, checkpoint, "t", max_length=limit), str(gen.checkpoint(checkpoint))
+        )
+        got = tokenizer.tokenize(texts, "")
+        assert [list(t.input_ids) for t in got] == golden[key]
+        assert all(t.pooled == int(golden["encoding_mode"].split("_")[1]) for t in got)

@@ -265,6 +265,16 @@ def reference_vectors(checkpoint: Path) -> dict[str, object]:
             rows.append(states.mean(dim=1)[0].tolist())
         return rows
 
+    def input_ids(texts: list[str], max_length: int = 512) -> list[list[int]]:
+        """The ids encode() runs for each text alone (its tokenization and special-token fix)."""
+        ids = torch.LongTensor(model.tokenizer.convert_tokens_to_ids(specials))
+        rows = []
+        for text in texts:
+            batch = model.tokenizer([text + "".join(specials)], truncation=True, max_length=max_length)
+            row = torch.LongTensor(batch["input_ids"])
+            rows.append(LLM2VecGenModel._add_special_tokens_if_needed(row, ids)[0].tolist())
+        return rows
+
     return {
         "padding_side": model.tokenizer.padding_side,
         "special_tokens": list(specials),
@@ -276,6 +286,8 @@ def reference_vectors(checkpoint: Path) -> dict[str, object]:
         "special_in_text": plain(SPECIAL_TEXTS),
         "special_in_text_short": plain(SPECIAL_TEXTS, SHORT_MAX_LENGTH),
         "special_in_text_short_by_package": alone(SPECIAL_TEXTS, SHORT_MAX_LENGTH),
+        "input_ids": input_ids(TEXTS),
+        "short_input_ids": input_ids(SHORT_TEXTS, SHORT_MAX_LENGTH),
         # usage as the gateway must count it: every token the model ran, special ones included
         "tokens": [len(model.tokenizer(t + "".join(specials))["input_ids"]) for t in TEXTS],
     }
