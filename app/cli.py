@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.config import ConfigError, Settings, load_settings, masked
+from app.config import ConfigError, Settings, expand_path, load_settings, masked
 
 if TYPE_CHECKING:
     from app.auth.key_file import KeyRecord
@@ -66,7 +66,7 @@ def _key_file(args: argparse.Namespace) -> tuple[Path, Settings]:
     if not path:
         print("no key file: set auth.key_file in the config or pass --key-file", file=sys.stderr)
         raise SystemExit(2)
-    return Path(path), settings
+    return Path(expand_path(path, os.environ)).absolute(), settings
 
 
 def _keys_create(args: argparse.Namespace) -> None:
@@ -90,6 +90,7 @@ def _keys_create(args: argparse.Namespace) -> None:
     except KeyFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
+    # Where it went on stderr, so stdout is the key alone (`KEY=$(python -m app keys create ...)`).
     print(f"created key {args.name!r} in {path}; it is shown only this once:", file=sys.stderr)
     print(key)
 
@@ -147,7 +148,11 @@ def _add_keys_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     actions = keys.add_subparsers(dest="action", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", help="TOML settings (default: config/default.toml)")
-    common.add_argument("--key-file", help="the key file (default: auth.key_file from the config)")
+    common.add_argument(
+        "--key-file",
+        help="the key file (default: auth.key_file from the config, "
+        "$XDG_STATE_HOME/llm2vec-gateway/keys.json)",
+    )
     create = actions.add_parser("create", parents=[common], help="make a key; prints it once")
     create.add_argument("--name", required=True)
     create.add_argument("--rpm", type=int, help="requests per window (default: limits.rpm; 0: unlimited)")

@@ -6,11 +6,14 @@ environment and nothing is read at import time.
 Environment overrides use `GATEWAY__<SECTION>__<FIELD>` (list items by index, e.g.
 `GATEWAY__MODELS__0__DEVICE=cuda`); values are parsed as TOML values when they can be
 (`true`, `8080`, `["a"]`) and taken as strings otherwise. `GATEWAY_API_KEY` adds a
-plaintext development key named `env`.
+plaintext development key named `env`. `auth.key_file` may start with `~` or
+`$XDG_STATE_HOME` (`~/.local/state` where unset, as the XDG base directory spec says), both
+read from `env`.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -22,6 +25,7 @@ import msgspec
 ENV_PREFIX = "GATEWAY__"
 ENV_API_KEY = "GATEWAY_API_KEY"
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "default.toml"
+DEFAULT_KEY_FILE = "$XDG_STATE_HOME/llm2vec-gateway/keys.json"
 
 PoolingMode = Literal["mean", "weighted_mean", "eos_token", "last_token", "bos_token"]
 ModelKind = Literal["llm2vec", "llm2vec-gen", "encoder"]
@@ -62,8 +66,9 @@ class ApiKey(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True):
 class AuthSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True):
     enabled: bool = True
     keys: list[ApiKey] = []
-    # Managed keys (`python -m app keys ...`); re-read when it changes. "" = none.
-    key_file: str = ""
+    # Managed keys (`python -m app keys ...`); re-read when it changes. "" = none. A leading
+    # $XDG_STATE_HOME or ~ is expanded (expand_path) by load_settings and again where used.
+    key_file: str = DEFAULT_KEY_FILE
     key_file_poll_seconds: float = 1.0
     # Guards /metrics when metrics.port = 0 (plaintext for development only).
     admin_key_sha256: str | None = None
@@ -73,6 +78,10 @@ class AuthSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True)
 class ApiSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True):
     max_inputs: int = 2048
     max_request_tokens: int = 300_000
+    # One input longer than this (in characters, token ids counted once decoded) gets 400.
+    # Over-long text is cut to max_length cheaply whatever its size, so the default lets
+    # through any input a body under server.max_body_bytes can hold.
+    max_input_chars: int = 16 * 1024 * 1024
     # How token-id input (what LangChain sends) is read: a tiktoken encoding name, or
     # "native" for the served model's own token ids.
     token_ids: str = "cl100k_base"
@@ -115,10 +124,10 @@ class ModelSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True
 
 class LimitsSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True):
     # Per key, counted over `window_seconds`; 0 = unlimited. Keys may override them.
-    # The defaults are OpenAI's first usage tier for embeddings, so that every response
-    # carries the x-ratelimit-* headers clients read.
-    rpm: int = 3000
-    tpm: int = 1_000_000
+    # Unlimited by default: a self-hosted gateway's capacity is its hardware, and a key
+    # with no limit is sent no x-ratelimit-* headers.
+    rpm: int = 0
+    tpm: int = 0
     window_seconds: int = 60
     # "memory://" (this process only) or "redis://[:password@]host:port[/db]" (shared by replicas).
     storage: str = "memory://"
@@ -209,8 +218,8 @@ def _check(settings: Settings) -> None:
         raise ConfigError("engine: batch and queue bounds must be at least 1")
     if not 0 <= eng.max_batch_wait_ms <= 1000:
         raise ConfigError("engine.max_batch_wait_ms: must be between 0 and 1000")
-    if settings.api.max_inputs < 1 or settings.api.max_request_tokens < 1:
-        raise ConfigError("api: max_inputs and max_request_tokens must be at least 1")
+    if min(settings.api.max_inputs, settings.api.max_request_tokens, settings.api.max_input_chars) < 1:
+        raise ConfigError("api: max_inputs, max_request_tokens and max_input_chars must be at least 1")
 
 
 def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -229,7 +238,23 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
         raise ConfigError(str(exc)) from None
     _check(settings)
     _check_controls(settings)
+    if settings.auth.key_file:
+        auth = msgspec.structs.replace(settings.auth, key_file=expand_path(settings.auth.key_file, env or {}))
+        settings = msgspec.structs.replace(settings, auth=auth)
     return settings
+
+
+def expand_path(value: str, env: Mapping[str, str]) -> str:
+    """`value` with a leading `$XDG_STATE_HOME` (or `${XDG_STATE_HOME}`) or `~` replaced
+    from `env`: XDG_STATE_HOME where set, else ~/.local/state; ~ is env's HOME where set."""
+    home = env.get("HOME") or os.path.expanduser("~")
+    for variable in ("${XDG_STATE_HOME}", "$XDG_STATE_HOME"):
+        if value.startswith(variable):
+            state = env.get("XDG_STATE_HOME") or os.path.join(home, ".local", "state")
+            return state + value[len(variable) :]
+    if value == "~" or value.startswith("~/"):
+        return home + value[1:]
+    return value
 
 
 def _check_controls(settings: Settings) -> None:

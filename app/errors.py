@@ -51,10 +51,13 @@ class InvalidRequestError(GatewayError):
 class ContextLengthExceededError(InvalidRequestError):
     default_code = "context_length_exceeded"
 
-    def __init__(self, max_tokens: int, requested: int) -> None:
+    def __init__(self, max_tokens: int, requested: int, *, exact: bool = True) -> None:
+        # An over-long text is not tokenized whole (app.models.tokenization): then only a
+        # lower bound of its length is known, and the message says "at least".
+        amount = f"{requested}" if exact else f"at least {requested}"
         super().__init__(
             f"This model's maximum context length is {max_tokens} tokens, however you requested "
-            f"{requested} tokens ({requested} in your prompt; 0 for the completion). "
+            f"{amount} tokens ({amount} in your prompt; 0 for the completion). "
             "Please reduce your prompt; or completion length.",
             param="input",
         )

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -26,8 +27,8 @@ from app.api.routes import OpenAIController, health, provide_engine, provide_lim
 from app.auth.key_file import KeyFileWatcher, read_key_file, signature, stored_keys
 from app.auth.keys import KeyIdentity, KeyStore, StoredKey, digest, generate_key, keys_from_settings
 from app.auth.middleware import ApiKeyAuthMiddleware
-from app.config import Settings, load_settings
-from app.engine.engine import EmbeddingEngine
+from app.config import Settings, expand_path, load_settings
+from app.engine.engine import EmbeddingEngine, Loader
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,8 @@ def _key_store(settings: Settings) -> tuple[KeyStore, str | None, KeyFileWatcher
     """The configured keys and the key file's; with none anywhere, one random key (returned
     to be shown once, and kept for the run). The watcher follows the key file's changes."""
     base = keys_from_settings(settings.auth)
-    path = Path(settings.auth.key_file) if settings.auth.key_file else None
+    # Settings built in code (not by load_settings) may still hold $XDG_STATE_HOME or ~.
+    path = Path(expand_path(settings.auth.key_file, os.environ)) if settings.auth.key_file else None
     seen = signature(path) if path else None
     from_file = stored_keys(read_key_file(path)) if path else []
     generated = None
@@ -56,13 +58,17 @@ async def _freeze_after_load(engine: EmbeddingEngine) -> None:
     gc.freeze()
 
 
-def create_app(settings: Settings | None = None, engine: EmbeddingEngine | None = None) -> Litestar:
+def create_app(
+    settings: Settings | None = None, engine: EmbeddingEngine | None = None, loader: Loader | None = None
+) -> Litestar:
+    """The app on `settings`; `engine` (built here unless given, with `loader` and the metrics
+    as its observer) is on `app.state.engine`."""
     settings = settings or load_settings()
     metrics: GatewayMetrics | None = None
     if settings.metrics.enabled:
         names = [m.name for m in settings.models] + [a.name for m in settings.models for a in m.aliases]
         metrics = GatewayMetrics(names, lambda: app_engine.status())
-    app_engine = engine or EmbeddingEngine(settings, observer=metrics)
+    app_engine = engine or EmbeddingEngine(settings, loader, observer=metrics)
     limiter = RateLimiter(settings.limits)
     middleware: list[object] = [RequestLogMiddleware(metrics)]
     generated: str | None = None

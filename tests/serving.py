@@ -56,11 +56,11 @@ def free_port() -> int:
 def run_gateway(
     settings: Settings, key: str | None = None, loader: Loader | None = None, ready_timeout: float = 120.0
 ) -> Iterator[Gateway]:
-    engine = EmbeddingEngine(settings, loader)
+    # The app builds its own engine, so the engine reports to the app's metrics as in `serve`.
+    app = create_app(settings, loader=loader)
+    engine: EmbeddingEngine = app.state.engine
     port = free_port()
-    config = uvicorn.Config(
-        create_app(settings, engine=engine), host="127.0.0.1", port=port, log_config=None, lifespan="on"
-    )
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
