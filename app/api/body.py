@@ -2,7 +2,7 @@
 
 Litestar's own `Request.body()` turns a client that hangs up mid-body (or before the handler
 reads a body already sent) into a 500; here it is a ClientDisconnectedError, logged and
-counted as 499 like any other departure.
+counted as 499 like any other departure (408 where app.framing cut a body that was too slow).
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ from typing import Any
 
 from litestar import Request
 
-from app.errors import ClientDisconnectedError, RequestTooLargeError
+from app.errors import ClientDisconnectedError, RequestTimeoutError, RequestTooLargeError
 
 TOO_LARGE = "The request body is too large."
+# Set in the request's scope state by app.framing when the body did not arrive in time.
+BODY_TIMED_OUT = "body_timed_out"
 
 
 async def read_body(request: Request[Any, Any, Any]) -> bytes:
@@ -27,6 +29,8 @@ async def read_body(request: Request[Any, Any, Any]) -> bytes:
     while True:
         message = await request.receive()
         if message["type"] != "http.request":  # http.disconnect
+            if request.scope["state"].get(BODY_TIMED_OUT):
+                raise RequestTimeoutError("The request body was not sent in time.")
             raise ClientDisconnectedError
         chunk = message.get("body", b"")
         size += len(chunk)

@@ -29,12 +29,17 @@ from app.errors import (
 logger = logging.getLogger(__name__)
 
 
-def error_response(error: GatewayError) -> Response[bytes]:
+def envelope(error: GatewayError) -> bytes:
+    """OpenAI's error body for `error` (also written by app.framing, outside the app)."""
     body = ErrorResponse(
         error=ErrorBody(message=error.message, type=error.error_type, param=error.param, code=error.code)
     )
+    return msgspec.json.encode(body)
+
+
+def error_response(error: GatewayError) -> Response[bytes]:
     return Response(
-        content=msgspec.json.encode(body),
+        content=envelope(error),
         status_code=error.status_code,
         media_type="application/json",
         headers=error.headers,

@@ -8,22 +8,17 @@ byte level: invalid UTF-8 inserted, bytes replaced, cut, duplicated, deep nestin
 from __future__ import annotations
 
 import json
-import zlib
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import numpy as np
-import numpy.typing as npt
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.api.json_nesting import MAX_JSON_DEPTH
-from app.config import LimitsSettings, ModelSettings
-from app.models.protocol import EmbeddingBackend, TokenizedText
-from app.models.registry import load_backend
+from app.config import LimitsSettings
+from tests.cheap_forward import cheap_loader
 from tests.conftest import MINILM, TEST_KEY, settings_with
 from tests.serving import Gateway, run_gateway
 
@@ -35,33 +30,12 @@ INVALID_UTF8 = [b"\xff", b"\xe2\x82", b"\xc0\xaf", b"\xed\xa0\x80", b"\xe9"]
 STRING_FIELDS = ["input", "model", "user", "instruction", "encoding_format"]
 
 
-@dataclass
-class _CheapForward:
-    """MiniLM's real tokenizer and limits, with a forward pass that costs nothing: what is
-    fuzzed here is everything before the model, and hundreds of bodies must run in seconds."""
-
-    inner: EmbeddingBackend
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def tokenize(self, texts: Sequence[str], instruction: str) -> list[TokenizedText]:
-        return self.inner.tokenize(texts, instruction)
-
-    def embed(self, batch: Sequence[TokenizedText]) -> npt.NDArray[np.float32]:
-        rows = [np.random.default_rng(zlib.crc32(repr(t.input_ids).encode())) for t in batch]
-        return np.stack([rng.standard_normal(self.inner.dimensions, dtype=np.float32) for rng in rows])
-
-
-def _loader(entry: ModelSettings) -> EmbeddingBackend:
-    return _CheapForward(load_backend(entry))  # type: ignore[return-value]
-
-
 @pytest.fixture(scope="module")
 def gateway() -> Iterator[Gateway]:
-    # Unlimited, so that hundreds of requests in a few seconds meet no rate limit.
+    # A forward pass that costs nothing (what is fuzzed is everything before the model), and
+    # no rate limits, so that hundreds of requests in a few seconds meet no rate limit.
     settings = settings_with(limits=LimitsSettings(rpm=0, tpm=0))
-    with run_gateway(settings, key=TEST_KEY, loader=_loader) as gw:
+    with run_gateway(settings, key=TEST_KEY, loader=cheap_loader) as gw:
         yield gw
 
 
