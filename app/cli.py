@@ -28,6 +28,7 @@ def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from app.auth.key_file import KeyFileError
+    from app.framing import uvicorn_options
     from app.logs import configure_logging
     from app.server import create_app
 
@@ -48,6 +49,7 @@ def _serve(args: argparse.Namespace) -> None:
         app,
         host=server.host,
         port=server.port,
+        **uvicorn_options(server),  # type: ignore[arg-type]
         log_level=settings.server.log_level,
         # JSON: uvicorn's own lines go through the root logger's JSON formatter too.
         log_config=None if settings.server.log_format == "json" else uvicorn.config.LOGGING_CONFIG,

@@ -66,6 +66,11 @@ def test_plaintext_key_from_environment_is_masked() -> None:
         ("[auth]\nadmin_key_sha256 = 'short'", "auth.admin_key_sha256"),
         ("[[auth.keys]]\nname = 'a'\nkey = 'sk-a'\nrpm = -2", "auth.keys[0]"),
         ("[server]\nlog_format = 'xml'", "$.server.log_format"),
+        # HTTP framing
+        ("[server]\nmax_header_bytes = 100", "server.max_header_bytes"),
+        ("[server]\nmax_header_bytes = 2000000", "server.max_header_bytes"),
+        ("[server]\nheader_timeout_seconds = 0", "server: header, body and keep-alive"),
+        ("[server]\nkeep_alive_timeout_seconds = -1", "server: header, body and keep-alive"),
     ],
 )
 def test_invalid_settings_name_the_field(tmp_path: Path, toml: str, path: str) -> None:
