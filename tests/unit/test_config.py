@@ -66,6 +66,9 @@ def test_plaintext_key_from_environment_is_masked() -> None:
         ("[auth]\nadmin_key_sha256 = 'short'", "auth.admin_key_sha256"),
         ("[[auth.keys]]\nname = 'a'\nkey = 'sk-a'\nrpm = -2", "auth.keys[0]"),
         ("[server]\nlog_format = 'xml'", "$.server.log_format"),
+        # the graceful drain: it must end before the shutdown timeout does
+        ("[server]\ndrain_seconds = 30\nshutdown_timeout_seconds = 30", "server.drain_seconds"),
+        ("[server]\ndrain_seconds = -1", "server.drain_seconds"),
     ],
 )
 def test_invalid_settings_name_the_field(tmp_path: Path, toml: str, path: str) -> None:
