@@ -56,6 +56,11 @@ class ServerSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=Tru
     log_level: str = "info"
     # "json": every log line is one JSON object (the request line with its fields).
     log_format: LogFormat = "text"
+    # On SIGTERM/SIGINT: /ready answers 503 at once and requests are still served for
+    # drain_seconds (so balancers stop routing here first); the process exits within
+    # shutdown_timeout_seconds of the signal, counted from it.
+    drain_seconds: float = 5.0
+    shutdown_timeout_seconds: float = 30.0
 
 
 class ApiKey(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -232,6 +237,10 @@ def _check(settings: Settings) -> None:
         raise ConfigError("server: header, body and keep-alive timeouts must be more than 0")
     if min(settings.api.max_inputs, settings.api.max_request_tokens, settings.api.max_input_chars) < 1:
         raise ConfigError("api: max_inputs, max_request_tokens and max_input_chars must be at least 1")
+    if not 0 <= server.drain_seconds < server.shutdown_timeout_seconds:
+        raise ConfigError(
+            "server.drain_seconds: must be 0 or more and less than server.shutdown_timeout_seconds"
+        )
 
 
 def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:

@@ -138,6 +138,9 @@ async def health() -> Response[bytes]:
 
 
 @get("/ready", exclude_from_auth=True)
-async def ready(engine: EmbeddingEngine) -> Response[bytes]:
-    status = "ready" if engine.ready else "not ready"
-    return _json({"status": status, "models": engine.status()}, 200 if engine.ready else 503)
+async def ready(engine: EmbeddingEngine, state: State) -> Response[bytes]:
+    # Draining (a shutdown signal came): 503 at once, so balancers stop routing here.
+    draining: bool = state.drain.draining
+    ok = engine.ready and not draining
+    status = "draining" if draining else "ready" if ok else "not ready"
+    return _json({"status": status, "models": engine.status()}, 200 if ok else 503)
