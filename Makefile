@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONFIG ?= config/default.toml
 
-.PHONY: install serve test lint bench redis golden
+.PHONY: install serve test lint bench redis services deploy-check golden golden-gen
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,12 +23,35 @@ install: $(STAMP)
 serve: install
 	HF_HUB_OFFLINE=1 $(PY) -m app serve --config $(CONFIG)
 
-# Tests start their own redis-server on loopback; install it where it is missing.
-redis:
-	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null)
+# Tests start their own redis-server and HAProxy on loopback; install them where missing.
+services:
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v haproxy >/dev/null || test -x /usr/sbin/haproxy || missing="$$missing haproxy"; \
+	test -z "$$missing" || (apt-get update -qq && apt-get install -y -qq $$missing >/dev/null)
 
-test: install redis
+redis: services
+
+test: install services
 	$(PY) -m pytest
+
+# deploy/: the Kubernetes manifests against the Kubernetes schemas that kubernetes-validate
+# ships (offline; the ServiceMonitor is a CRD it has no schema for), then checkov over
+# deploy/ and the Dockerfile. Own venv: checkov pins versions the gateway does not share.
+DEPLOY_VENV ?= .venv-deploy
+DEPLOY_STAMP := $(DEPLOY_VENV)/.installed
+MANIFESTS := $(wildcard deploy/kubernetes/*.yaml deploy/kubernetes/*/*.yaml)
+
+$(DEPLOY_STAMP):
+	test -x $(DEPLOY_VENV)/bin/python || python3 -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/pip install -q kubernetes-validate==1.37.0 checkov==3.3.30
+	touch $(DEPLOY_STAMP)
+
+deploy-check: $(DEPLOY_STAMP)
+	$(DEPLOY_VENV)/bin/kubernetes-validate --strict --quiet -k 1.30.0 $(MANIFESTS)
+	$(DEPLOY_VENV)/bin/kubernetes-validate --strict --quiet -k 1.37.0 $(MANIFESTS)
+	$(DEPLOY_VENV)/bin/checkov --quiet --compact --skip-download --framework kubernetes -d deploy
+	$(DEPLOY_VENV)/bin/checkov --quiet --compact --skip-download --framework dockerfile -f Dockerfile
 
 lint: install
 	$(PY) -m ruff check . && $(PY) -m ruff format --check . && $(PY) -m mypy
@@ -51,3 +74,19 @@ $(REF_STAMP): tests/reference/requirements.txt
 
 golden: $(REF_STAMP)
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONHASHSEED=0 $(REF_PY) -m tests.reference.generate
+# LLM2Vec-Gen golden fixtures: the reference package (llm2vec-gen 0.1.3 on its own
+# transformers 4.56.2 / peft 0.18.0, in its own venv) writes tests/reference/llm2vec_gen/fixtures.
+GEN_VENV := .venv-reference-gen
+GEN_REQ := tests/reference/llm2vec_gen/requirements.txt
+
+$(GEN_VENV)/.installed: $(GEN_REQ)
+	test -x $(GEN_VENV)/bin/python || python3 -m venv $(GEN_VENV)
+	$(GEN_VENV)/bin/python -m pip install -q --upgrade pip
+	$(GEN_VENV)/bin/python -m pip install -q -r $(GEN_REQ)
+	# Without its pins (torch 2.6, flash-attn) and training stack (hydra, wandb, mteb).
+	$(GEN_VENV)/bin/python -m pip install -q --no-deps llm2vec-gen==0.1.3
+	touch $@
+
+golden-gen: $(GEN_VENV)/.installed
+	# PYTHONHASHSEED: peft writes target_modules from a set; a fixed seed keeps files stable.
+	HF_HUB_OFFLINE=1 PYTHONHASHSEED=0 $(GEN_VENV)/bin/python tests/reference/llm2vec_gen/generate.py

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.config import ConfigError, Settings, load_settings, masked
+from app.config import ConfigError, Settings, expand_path, load_settings, masked
 
 if TYPE_CHECKING:
     from app.auth.key_file import KeyRecord
@@ -28,6 +28,8 @@ def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from app.auth.key_file import KeyFileError
+    from app.framing import uvicorn_options
+    from app.lifecycle import serve
     from app.logs import configure_logging
     from app.server import create_app
 
@@ -44,15 +46,19 @@ def _serve(args: argparse.Namespace) -> None:
     except KeyFileError as exc:
         print(f"invalid key file: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=server.host,
         port=server.port,
+        **uvicorn_options(server),  # type: ignore[arg-type]
         log_level=settings.server.log_level,
         # JSON: uvicorn's own lines go through the root logger's JSON formatter too.
         log_config=None if settings.server.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
         access_log=False,  # app.requests logs one line per request, without secrets
     )
+    # uvicorn's Server run with a graceful drain on SIGTERM/SIGINT (app.lifecycle).
+    if not serve(config, app.state.drain, settings.server):
+        raise SystemExit(3)  # as uvicorn.run: the server could not start
 
 
 def _check_config(args: argparse.Namespace) -> None:
@@ -66,7 +72,7 @@ def _key_file(args: argparse.Namespace) -> tuple[Path, Settings]:
     if not path:
         print("no key file: set auth.key_file in the config or pass --key-file", file=sys.stderr)
         raise SystemExit(2)
-    return Path(path), settings
+    return Path(expand_path(path, os.environ)).absolute(), settings
 
 
 def _keys_create(args: argparse.Namespace) -> None:
@@ -90,6 +96,7 @@ def _keys_create(args: argparse.Namespace) -> None:
     except KeyFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
+    # Where it went on stderr, so stdout is the key alone (`KEY=$(python -m app keys create ...)`).
     print(f"created key {args.name!r} in {path}; it is shown only this once:", file=sys.stderr)
     print(key)
 
@@ -147,7 +154,11 @@ def _add_keys_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     actions = keys.add_subparsers(dest="action", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", help="TOML settings (default: config/default.toml)")
-    common.add_argument("--key-file", help="the key file (default: auth.key_file from the config)")
+    common.add_argument(
+        "--key-file",
+        help="the key file (default: auth.key_file from the config, "
+        "$XDG_STATE_HOME/llm2vec-gateway/keys.json)",
+    )
     create = actions.add_parser("create", parents=[common], help="make a key; prints it once")
     create.add_argument("--name", required=True)
     create.add_argument("--rpm", type=int, help="requests per window (default: limits.rpm; 0: unlimited)")

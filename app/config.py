@@ -6,11 +6,14 @@ environment and nothing is read at import time.
 Environment overrides use `GATEWAY__<SECTION>__<FIELD>` (list items by index, e.g.
 `GATEWAY__MODELS__0__DEVICE=cuda`); values are parsed as TOML values when they can be
 (`true`, `8080`, `["a"]`) and taken as strings otherwise. `GATEWAY_API_KEY` adds a
-plaintext development key named `env`.
+plaintext development key named `env`. `auth.key_file` may start with `~` or
+`$XDG_STATE_HOME` (`~/.local/state` where unset, as the XDG base directory spec says), both
+read from `env`.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -22,9 +25,10 @@ import msgspec
 ENV_PREFIX = "GATEWAY__"
 ENV_API_KEY = "GATEWAY_API_KEY"
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "default.toml"
+DEFAULT_KEY_FILE = "$XDG_STATE_HOME/llm2vec-gateway/keys.json"
 
 PoolingMode = Literal["mean", "weighted_mean", "eos_token", "last_token", "bos_token"]
-ModelKind = Literal["llm2vec", "encoder"]
+ModelKind = Literal["llm2vec", "llm2vec-gen", "encoder"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 OnOverflow = Literal["truncate", "error"]
 LogFormat = Literal["text", "json"]
@@ -44,9 +48,20 @@ class ServerSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=Tru
     host: str = "127.0.0.1"
     port: int = 8000
     max_body_bytes: int = 16 * 1024 * 1024
+    # HTTP framing (app.framing): request line + headers over this get 431; a request whose
+    # headers (body) are not all sent within the timeout is cut off; an idle connection closes.
+    max_header_bytes: int = 16 * 1024
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 60.0
+    keep_alive_timeout_seconds: float = 5.0
     log_level: str = "info"
     # "json": every log line is one JSON object (the request line with its fields).
     log_format: LogFormat = "text"
+    # On SIGTERM/SIGINT: /ready answers 503 at once and requests are still served for
+    # drain_seconds (so balancers stop routing here first); the process exits within
+    # shutdown_timeout_seconds of the signal, counted from it.
+    drain_seconds: float = 5.0
+    shutdown_timeout_seconds: float = 30.0
 
 
 class ApiKey(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -63,8 +78,9 @@ class ApiKey(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True):
 class AuthSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True):
     enabled: bool = True
     keys: list[ApiKey] = []
-    # Managed keys (`python -m app keys ...`); re-read when it changes. "" = none.
-    key_file: str = ""
+    # Managed keys (`python -m app keys ...`); re-read when it changes. "" = none. A leading
+    # $XDG_STATE_HOME or ~ is expanded (expand_path) by load_settings and again where used.
+    key_file: str = DEFAULT_KEY_FILE
     key_file_poll_seconds: float = 1.0
     # Guards /metrics when metrics.port = 0 (plaintext for development only).
     admin_key_sha256: str | None = None
@@ -74,6 +90,10 @@ class AuthSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True)
 class ApiSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True):
     max_inputs: int = 2048
     max_request_tokens: int = 300_000
+    # One input longer than this (in characters, token ids counted once decoded) gets 400.
+    # Over-long text is cut to max_length cheaply whatever its size, so the default lets
+    # through any input a body under server.max_body_bytes can hold.
+    max_input_chars: int = 16 * 1024 * 1024
     # How token-id input (what LangChain sends) is read: a tiktoken encoding name, or
     # "native" for the served model's own token ids.
     token_ids: str = "cl100k_base"
@@ -123,10 +143,10 @@ class ModelSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True
 
 class LimitsSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True):
     # Per key, counted over `window_seconds`; 0 = unlimited. Keys may override them.
-    # The defaults are OpenAI's first usage tier for embeddings, so that every response
-    # carries the x-ratelimit-* headers clients read.
-    rpm: int = 3000
-    tpm: int = 1_000_000
+    # Unlimited by default: a self-hosted gateway's capacity is its hardware, and a key
+    # with no limit is sent no x-ratelimit-* headers.
+    rpm: int = 0
+    tpm: int = 0
     window_seconds: int = 60
     # "memory://" (this process only) or "redis://[:password@]host:port[/db]" (shared by replicas).
     storage: str = "memory://"
@@ -204,6 +224,11 @@ def _check(settings: Settings) -> None:
             raise ConfigError(f"models[{i}].devices: at least one device (or a count of at least 1)")
         if model.kind == "encoder" and (model.adapters or model.pooling != "mean"):
             raise ConfigError(f"models[{i}]: encoder models take no adapters and only mean pooling")
+        if model.kind == "llm2vec-gen" and (model.adapters or model.pooling != "mean"):
+            raise ConfigError(
+                f"models[{i}]: llm2vec-gen models take no adapters (the checkpoint holds its own) and "
+                "no pooling (the checkpoint's encoding_mode decides it)"
+            )
     for i, key in enumerate(settings.auth.keys):
         if (key.sha256 is None) == (key.key is None):
             raise ConfigError(f"auth.keys[{i}]: give exactly one of sha256 or key")
@@ -214,8 +239,18 @@ def _check(settings: Settings) -> None:
         raise ConfigError("engine: batch and queue bounds must be at least 1")
     if not 0 <= eng.max_batch_wait_ms <= 1000:
         raise ConfigError("engine.max_batch_wait_ms: must be between 0 and 1000")
-    if settings.api.max_inputs < 1 or settings.api.max_request_tokens < 1:
-        raise ConfigError("api: max_inputs and max_request_tokens must be at least 1")
+    server = settings.server
+    if not 1024 <= server.max_header_bytes <= 1024 * 1024:
+        raise ConfigError("server.max_header_bytes: must be between 1024 and 1048576")
+    timeouts = [server.header_timeout_seconds, server.body_timeout_seconds, server.keep_alive_timeout_seconds]
+    if min(timeouts) <= 0:
+        raise ConfigError("server: header, body and keep-alive timeouts must be more than 0")
+    if min(settings.api.max_inputs, settings.api.max_request_tokens, settings.api.max_input_chars) < 1:
+        raise ConfigError("api: max_inputs, max_request_tokens and max_input_chars must be at least 1")
+    if not 0 <= server.drain_seconds < server.shutdown_timeout_seconds:
+        raise ConfigError(
+            "server.drain_seconds: must be 0 or more and less than server.shutdown_timeout_seconds"
+        )
 
 
 def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -234,7 +269,23 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
         raise ConfigError(str(exc)) from None
     _check(settings)
     _check_controls(settings)
+    if settings.auth.key_file:
+        auth = msgspec.structs.replace(settings.auth, key_file=expand_path(settings.auth.key_file, env or {}))
+        settings = msgspec.structs.replace(settings, auth=auth)
     return settings
+
+
+def expand_path(value: str, env: Mapping[str, str]) -> str:
+    """`value` with a leading `$XDG_STATE_HOME` (or `${XDG_STATE_HOME}`) or `~` replaced
+    from `env`: XDG_STATE_HOME where set, else ~/.local/state; ~ is env's HOME where set."""
+    home = env.get("HOME") or os.path.expanduser("~")
+    for variable in ("${XDG_STATE_HOME}", "$XDG_STATE_HOME"):
+        if value.startswith(variable):
+            state = env.get("XDG_STATE_HOME") or os.path.join(home, ".local", "state")
+            return state + value[len(variable) :]
+    if value == "~" or value.startswith("~/"):
+        return home + value[1:]
+    return value
 
 
 def _check_controls(settings: Settings) -> None:

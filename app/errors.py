@@ -8,7 +8,9 @@
     ├── NotFoundError                 404 (unknown route)
     │   └── ModelNotFoundError        404 code=model_not_found
     ├── MethodNotAllowedError         405
+    ├── RequestTimeoutError           408 (a request not sent in time: app.framing)
     ├── RequestTooLargeError          413
+    ├── HeadersTooLargeError          431 (request line and headers over server.max_header_bytes)
     ├── RateLimitError                429 rate_limit_exceeded
     ├── ClientDisconnectedError       499 (nginx's "client closed request"; never delivered, logged)
     ├── InternalServerError           500 server_error (message never shows internals)
@@ -51,10 +53,13 @@ class InvalidRequestError(GatewayError):
 class ContextLengthExceededError(InvalidRequestError):
     default_code = "context_length_exceeded"
 
-    def __init__(self, max_tokens: int, requested: int) -> None:
+    def __init__(self, max_tokens: int, requested: int, *, exact: bool = True) -> None:
+        # An over-long text is not tokenized whole (app.models.tokenization): then only a
+        # lower bound of its length is known, and the message says "at least".
+        amount = f"{requested}" if exact else f"at least {requested}"
         super().__init__(
             f"This model's maximum context length is {max_tokens} tokens, however you requested "
-            f"{requested} tokens ({requested} in your prompt; 0 for the completion). "
+            f"{amount} tokens ({amount} in your prompt; 0 for the completion). "
             "Please reduce your prompt; or completion length.",
             param="input",
         )
@@ -89,8 +94,18 @@ class MethodNotAllowedError(GatewayError):
     error_type = "invalid_request_error"
 
 
+class RequestTimeoutError(GatewayError):
+    status_code = 408
+    error_type = "invalid_request_error"
+
+
 class RequestTooLargeError(GatewayError):
     status_code = 413
+    error_type = "invalid_request_error"
+
+
+class HeadersTooLargeError(GatewayError):
+    status_code = 431
     error_type = "invalid_request_error"
 
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from prometheus_client import start_http_server
 
+from app.api.drain import Drain, DrainMiddleware
 from app.api.exception_handlers import exception_to_response
 from app.api.metrics import GatewayMetrics, metrics_endpoint
 from app.api.ratelimit import RateLimiter
@@ -26,8 +28,8 @@ from app.api.routes import OpenAIController, health, provide_engine, provide_lim
 from app.auth.key_file import KeyFileWatcher, read_key_file, signature, stored_keys
 from app.auth.keys import KeyIdentity, KeyStore, StoredKey, digest, generate_key, keys_from_settings
 from app.auth.middleware import ApiKeyAuthMiddleware
-from app.config import Settings, load_settings
-from app.engine.engine import EmbeddingEngine
+from app.config import Settings, expand_path, load_settings
+from app.engine.engine import BackendLoader, EmbeddingEngine
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +38,8 @@ def _key_store(settings: Settings) -> tuple[KeyStore, str | None, KeyFileWatcher
     """The configured keys and the key file's; with none anywhere, one random key (returned
     to be shown once, and kept for the run). The watcher follows the key file's changes."""
     base = keys_from_settings(settings.auth)
-    path = Path(settings.auth.key_file) if settings.auth.key_file else None
+    # Settings built in code (not by load_settings) may still hold $XDG_STATE_HOME or ~.
+    path = Path(expand_path(settings.auth.key_file, os.environ)) if settings.auth.key_file else None
     seen = signature(path) if path else None
     from_file = stored_keys(read_key_file(path)) if path else []
     generated = None
@@ -56,15 +59,23 @@ async def _freeze_after_load(engine: EmbeddingEngine) -> None:
     gc.freeze()
 
 
-def create_app(settings: Settings | None = None, engine: EmbeddingEngine | None = None) -> Litestar:
+def create_app(
+    settings: Settings | None = None,
+    engine: EmbeddingEngine | None = None,
+    loader: BackendLoader | None = None,
+) -> Litestar:
+    """The app on `settings`; `engine` (built here unless given, with `loader` and the metrics
+    as its observer) is on `app.state.engine`."""
     settings = settings or load_settings()
     metrics: GatewayMetrics | None = None
     if settings.metrics.enabled:
         names = [m.name for m in settings.models] + [a.name for m in settings.models for a in m.aliases]
         metrics = GatewayMetrics(names, lambda: app_engine.status())
-    app_engine = engine or EmbeddingEngine(settings, observer=metrics)
+    app_engine = engine or EmbeddingEngine(settings, loader, observer=metrics)
     limiter = RateLimiter(settings.limits)
-    middleware: list[object] = [RequestLogMiddleware(metrics)]
+    drain = Drain()
+    # The drain's 503s go out through the request log (logged, with the request id).
+    middleware: list[object] = [RequestLogMiddleware(metrics), DrainMiddleware(drain)]
     generated: str | None = None
     watcher: KeyFileWatcher | None = None
     state = State(
@@ -74,6 +85,7 @@ def create_app(settings: Settings | None = None, engine: EmbeddingEngine | None 
             "started_at": int(time.time()),
             "limiter": limiter,
             "metrics": metrics,
+            "drain": drain,
         }
     )
     if settings.auth.enabled:

@@ -15,6 +15,9 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+# The default key file is $XDG_STATE_HOME/llm2vec-gateway/keys.json: tests, and the gateways
+# and CLIs they start, never read or write the real home's.
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="gateway-state-")
 
 
 def _prime_tiktoken_cache() -> None:
@@ -40,7 +43,7 @@ MINILM = "all-MiniLM-L6-v2"
 
 def settings_with(**changes: object) -> Settings:
     """The default settings (bundled MiniLM) with a known test key and `changes` applied."""
-    base = load_settings(env={"GATEWAY_API_KEY": TEST_KEY})
+    base = load_settings(env={"GATEWAY_API_KEY": TEST_KEY, "XDG_STATE_HOME": os.environ["XDG_STATE_HOME"]})
     return msgspec.structs.replace(base, **changes)
 
 

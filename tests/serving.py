@@ -14,6 +14,7 @@ import uvicorn
 
 from app.config import Settings
 from app.engine.engine import EmbeddingEngine
+from app.framing import uvicorn_options
 from app.models.protocol import BackendLoader
 from app.server import create_app
 
@@ -60,10 +61,17 @@ def run_gateway(
     loader: BackendLoader | None = None,
     ready_timeout: float = 120.0,
 ) -> Iterator[Gateway]:
-    engine = EmbeddingEngine(settings, loader)
+    # The app builds its own engine, so the engine reports to the app's metrics as in `serve`.
+    app = create_app(settings, loader=loader)
+    engine: EmbeddingEngine = app.state.engine
     port = free_port()
     config = uvicorn.Config(
-        create_app(settings, engine=engine), host="127.0.0.1", port=port, log_config=None, lifespan="on"
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        lifespan="on",
+        **uvicorn_options(settings.server),  # type: ignore[arg-type]
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

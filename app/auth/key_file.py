@@ -107,7 +107,8 @@ def _write(path: Path, records: list[KeyRecord]) -> None:
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # A folder made here (e.g. ~/.local/state/llm2vec-gateway) is the owner's alone.
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

@@ -24,6 +24,7 @@ from app.config import ModelSettings, Settings
 from app.engine.batcher import Batcher, Job, overloaded
 from app.engine.observer import EngineObserver, NullObserver
 from app.engine.token_inputs import NativeIds, TextInputs, TiktokenIds, TokenInputs, parse_input
+from app.engine.turns import Item, turns
 from app.engine.workers.pool import ModelPool
 from app.errors import (
     ContextLengthExceededError,
@@ -34,6 +35,8 @@ from app.errors import (
 from app.models.protocol import BackendLoader, EmbeddingTokenizer, TokenizedText
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["BackendLoader", "EmbeddingEngine", "EmbeddingResult", "ServedModel"]
 
 ModelState = Literal["loading", "ready", "degraded", "not serving", "failed"]
 SERVING: tuple[ModelState, ...] = ("ready", "degraded")
@@ -256,9 +259,7 @@ class EmbeddingEngine:
         loop = asyncio.get_running_loop()
         slot.pending += 1
         try:
-            tokenized = await loop.run_in_executor(
-                slot.tokenizer_thread, self._prepare, slot.entry, tokenizer, raw_input, text
-            )
+            tokenized = await self._tokenize_in_turns(slot, tokenizer, raw_input, text)
             job = Job(tokenized, model_dimensions, loop, request_id)
             batcher.submit(job)
             try:
@@ -280,35 +281,73 @@ class EmbeddingEngine:
             compute_seconds=job.compute_seconds,
         )
 
-    def _texts(self, tokenizer: EmbeddingTokenizer, inputs: TextInputs | TokenInputs) -> list[str]:
-        if isinstance(inputs, TextInputs):
-            return inputs.texts
-        limit = self._settings.api.max_request_tokens
-        requested = sum(len(ids) for ids in inputs.ids)
-        if requested > limit:
-            raise _too_many_tokens(requested, limit)
-        decoder = self._tiktoken or NativeIds(tokenizer.vocab_size, tokenizer.decode_ids)
-        return [decoder.decode(ids) for ids in inputs.ids]
+    async def _tokenize_in_turns(
+        self, slot: _Slot, tokenizer: EmbeddingTokenizer, raw_input: object, instruction: str
+    ) -> list[TokenizedText]:
+        """Validate `input`, tokenize, count, enforce the limits: on the model's tokenizer
+        thread, one turn of inputs at a time (app.engine.turns), so no request holds the
+        thread from the others for long; the limits are checked after every turn."""
+        loop = asyncio.get_running_loop()
+        inputs = await loop.run_in_executor(slot.tokenizer_thread, self._parse, raw_input)
+        items: list[Item] = [*inputs.texts] if isinstance(inputs, TextInputs) else [*inputs.ids]
+        tokenized: list[TokenizedText] = []
+        for turn in turns(items):
+            tokenized += await loop.run_in_executor(
+                slot.tokenizer_thread, self._tokenize_turn, slot.entry, tokenizer, turn, instruction
+            )
+            self._check_tokens(tokenized)
+        return tokenized
 
-    def _prepare(
+    def _parse(self, raw_input: object) -> TextInputs | TokenInputs:
+        inputs = parse_input(raw_input, self._settings.api.max_inputs)
+        if isinstance(inputs, TextInputs):
+            for text in inputs.texts:
+                _check_input_chars(len(text), self._settings.api.max_input_chars)
+        else:
+            limit = self._settings.api.max_request_tokens
+            requested = sum(len(ids) for ids in inputs.ids)
+            if requested > limit:
+                raise _too_many_tokens(requested, limit)
+        return inputs
+
+    def _tokenize_turn(
         self,
         entry: ModelSettings,
         tokenizer: EmbeddingTokenizer,
-        raw_input: object,
+        items: list[Item],
         instruction: str,
     ) -> list[TokenizedText]:
-        """On the tokenizer thread: validate `input`, tokenize, count, enforce the limits."""
-        inputs = parse_input(raw_input, self._settings.api.max_inputs)
-        tokenized = tokenizer.tokenize(self._texts(tokenizer, inputs), instruction)
+        texts: list[str] = []
+        for item in items:
+            if isinstance(item, str):
+                texts.append(item)
+            else:
+                decoder = self._tiktoken or NativeIds(tokenizer.vocab_size, tokenizer.decode_ids)
+                texts.append(decoder.decode(item))
+                _check_input_chars(len(texts[-1]), self._settings.api.max_input_chars)
+        tokenized = tokenizer.tokenize(texts, instruction)
         if entry.on_overflow == "error":
-            longest = max(t.full_length for t in tokenized)
-            if longest > entry.max_length:
-                raise ContextLengthExceededError(entry.max_length, longest)
+            longest = max(tokenized, key=lambda t: t.full_length)
+            if longest.full_length > entry.max_length:
+                raise ContextLengthExceededError(
+                    entry.max_length, longest.full_length, exact=longest.full_length_exact
+                )
+        return tokenized
+
+    def _check_tokens(self, tokenized: list[TokenizedText]) -> None:
         requested = sum(len(t.input_ids) for t in tokenized)
         limit = self._settings.api.max_request_tokens
         if requested > limit:
             raise _too_many_tokens(requested, limit)
-        return tokenized
+
+
+def _check_input_chars(chars: int, limit: int) -> None:
+    if chars > limit:
+        raise InvalidRequestError(
+            f"Invalid 'input': an input of {chars} characters is longer than the {limit} characters "
+            "this server accepts per input.",
+            param="input",
+        )
 
 
 def _too_many_tokens(requested: int, limit: int) -> InvalidRequestError:

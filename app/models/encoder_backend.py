@@ -39,8 +39,8 @@ class EncoderTokenizer:
     def tokenize(self, texts: Sequence[str], instruction: str) -> list[TokenizedText]:
         prompts = [f"{instruction}{text}" for text in texts] if instruction else list(texts)
         return [
-            TokenizedText(input_ids=ids, pooled=len(ids), full_length=n)
-            for ids, n in tokenize_truncating(self._tokenizer, prompts, self.max_length)
+            TokenizedText(input_ids=t.ids, pooled=len(t.ids), full_length=t.length, full_length_exact=t.exact)
+            for t in tokenize_truncating(self._tokenizer, prompts, self.max_length)
         ]
 
     def decode_ids(self, ids: Sequence[int]) -> str:

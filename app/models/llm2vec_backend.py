@@ -72,8 +72,9 @@ class LLM2VecTokenizer:
         return before + after, after
 
     def _text_tokens(self, text: str) -> int:
-        ids = self._tokenizer(text, add_special_tokens=False, truncation=True, max_length=self.max_length)
-        return len(ids["input_ids"])
+        # The length after truncation, as llm2vec counts it; a huge text is cut first.
+        [kept] = tokenize_truncating(self._tokenizer, [text], self.max_length, add_special_tokens=False)
+        return len(kept.ids)
 
     def _cut_long_texts(self, texts: Sequence[str]) -> list[str]:
         """llm2vec cuts a text of over doc_max_length tokens by words before building the
@@ -92,12 +93,12 @@ class LLM2VecTokenizer:
         prompts = [self.prompt(text, instruction) for text in self._cut_long_texts(texts)]
         kept = tokenize_truncating(self._tokenizer, [p[0] for p in prompts], self.max_length)
         # llm2vec's embed_mask: the last len(text tokens) positions of each row.
-        pooled = self._tokenizer(
-            [p[1] for p in prompts], add_special_tokens=False, truncation=True, max_length=self.max_length
-        )["input_ids"]
+        pooled = tokenize_truncating(
+            self._tokenizer, [p[1] for p in prompts], self.max_length, add_special_tokens=False
+        )
         return [
-            TokenizedText(input_ids=ids, pooled=len(span), full_length=n)
-            for (ids, n), span in zip(kept, pooled, strict=True)
+            TokenizedText(t.ids, pooled=len(span.ids), full_length=t.length, full_length_exact=t.exact)
+            for t, span in zip(kept, pooled, strict=True)
         ]
 
     def decode_ids(self, ids: Sequence[int]) -> str:

@@ -36,6 +36,9 @@ class TokenizedText:
     pooled: int
     # Tokens before truncation to max_length; equals len(input_ids) when nothing was cut.
     full_length: int
+    # False where an over-long text was cut before tokenizing (app.models.tokenization):
+    # full_length is then only a lower bound, over max_length.
+    full_length_exact: bool = True
 
 
 class EmbeddingTokenizer(Protocol):

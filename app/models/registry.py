@@ -36,6 +36,10 @@ def load_tokenizer(settings: ModelSettings) -> EmbeddingTokenizer:
         from app.models.encoder_backend import EncoderTokenizer
 
         return EncoderTokenizer(settings, path)
+    if settings.kind == "llm2vec-gen":
+        from app.models.llm2vec_gen.backend import load_tokenizer_part
+
+        return load_tokenizer_part(settings, path)[1]
     from app.models.llm2vec.loading import inspect_checkpoint
     from app.models.llm2vec_backend import LLM2VecTokenizer
 
@@ -50,6 +54,12 @@ def load_model(settings: ModelSettings) -> EmbeddingModel:
         from app.models.encoder_backend import EncoderModel
 
         return EncoderModel(settings, path)
+    if settings.kind == "llm2vec-gen":
+        from app.models.llm2vec_gen.backend import load_tokenizer_part
+        from app.models.llm2vec_gen.model import LLM2VecGenEncoder
+
+        layout, tokenizer = load_tokenizer_part(settings, path)
+        return LLM2VecGenEncoder(settings, layout, tokenizer.vocab_size, tokenizer.pad_id)
     from app.models.llm2vec.loading import inspect_checkpoint
     from app.models.llm2vec_backend import LLM2VecModel, LLM2VecTokenizer
 

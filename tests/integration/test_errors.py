@@ -54,6 +54,7 @@ CL100K = tiktoken.get_encoding("cl100k_base")
 class Case:
     id: str
     status: int
+    message: str  # exact
     code: str | None = None
     param: str | None = None
     method: str = "POST"
@@ -67,40 +68,129 @@ def _emb(**fields: Any) -> dict[str, Any]:
     return {"model": MINILM, "input": "hello"} | fields
 
 
+def _bad_input(why: str) -> str:
+    return f"'$.input' is invalid: {why}. Please check the API reference: https://platform.openai.com/docs/api-reference."
+
+
+NO_KEY = (
+    "You didn't provide an API key. You need to provide your API key in an Authorization header "
+    "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+)
+NOT_JSON = (
+    "We could not parse the JSON body of your request. (HINT: This likely means you aren't using "
+    "your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was "
+    "not valid JSON.)"
+)
+NOT_FOUND = "The model `{}` does not exist or you do not have access to it."
+SHAPES = "expected a string, an array of strings, or an array of token arrays"
+TOKEN_ARRAYS = "each token array must be a non-empty array of integers"
+TOKEN_RANGE = "Invalid token id {} in '$.input': token ids must be between 0 and 100276."
+DIMENSIONS = "Invalid value for 'dimensions' = {}: this model supports from 1 to 384 dimensions."
+
 CASES = [
-    Case("no-key", 401, headers={}, body=_emb()),
-    Case("wrong-key", 401, "invalid_api_key", headers={"Authorization": "Bearer sk-wrong"}, body=_emb()),
-    Case("not-bearer", 401, headers={"Authorization": f"Basic {TEST_KEY}"}, body=_emb()),
-    Case("unknown-route", 404, method="GET", path="/v1/nothing-here"),
-    Case("wrong-method", 405, method="GET"),
-    Case("body-too-large", 413, body=_emb(input="x" * (MAX_BODY + 10))),
-    Case("not-json", 400, body=b"{not json"),
-    Case("not-an-object", 400, body=[1, 2]),
-    Case("missing-model", 400, param="model", body={"input": "hi"}),
-    Case("missing-input", 400, param="input", body={"model": MINILM}),
-    Case("model-not-a-string", 400, param="model", body=_emb(model=7)),
-    Case("unknown-model", 404, "model_not_found", "model", body=_emb(model="text-embedding-3-small")),
-    Case("unknown-model-get", 404, "model_not_found", "model", method="GET", path="/v1/models/nope"),
-    Case("empty-string", 400, param="input", body=_emb(input="")),
-    Case("empty-array", 400, param="input", body=_emb(input=[])),
-    Case("too-many-inputs", 400, param="input", body=_emb(input=["a"] * 2049)),
-    Case("empty-string-in-array", 400, param="input", body=_emb(input=["a", ""])),
-    Case("mixed-array", 400, param="input", body=_emb(input=["a", 1])),
-    Case("input-object", 400, param="input", body=_emb(input={"text": "a"})),
-    Case("empty-token-array", 400, param="input", body=_emb(input=[[1, 2], []])),
-    Case("token-id-too-large", 400, param="input", body=_emb(input=[[1, 200_000]])),
-    Case("token-id-in-gap", 400, param="input", body=_emb(input=[100_261])),
-    Case("token-id-negative", 400, param="input", body=_emb(input=[5, -1])),
-    Case("token-id-bool", 400, param="input", body=_emb(input=[[True, 5]])),
-    Case("token-id-float", 400, param="input", body=_emb(input=[1.5, 2])),
-    Case("bad-encoding-format", 400, param="encoding_format", body=_emb(encoding_format="int8")),
-    Case("dimensions-zero", 400, param="dimensions", body=_emb(dimensions=0)),
-    Case("dimensions-too-large", 400, param="dimensions", body=_emb(dimensions=385)),
-    Case("dimensions-not-int", 400, param="dimensions", body=_emb(dimensions="64")),
-    Case("instruction-not-string", 400, param="instruction", body=_emb(instruction=3)),
+    Case("no-key", 401, NO_KEY, headers={}, body=_emb()),
+    Case(
+        "wrong-key",
+        401,
+        "Incorrect API key provided. Ask the gateway's operator for a valid key.",
+        "invalid_api_key",
+        headers={"Authorization": "Bearer sk-wrong"},
+        body=_emb(),
+    ),
+    Case("not-bearer", 401, NO_KEY, headers={"Authorization": f"Basic {TEST_KEY}"}, body=_emb()),
+    Case("unknown-route", 404, "Invalid URL (GET /v1/nothing-here)", method="GET", path="/v1/nothing-here"),
+    Case("wrong-method", 405, "Invalid method for URL (GET /v1/embeddings)", method="GET"),
+    Case("body-too-large", 413, "The request body is too large.", body=_emb(input="x" * (MAX_BODY + 10))),
+    Case("not-json", 400, NOT_JSON, body=b"{not json"),
+    Case("not-an-object", 400, "Invalid request: Expected `object`, got `array`", body=[1, 2]),
+    Case("missing-model", 400, "you must provide a model parameter", param="model", body={"input": "hi"}),
+    Case("missing-input", 400, "'input' is a required property", param="input", body={"model": MINILM}),
+    Case(
+        "model-not-a-string",
+        400,
+        "Invalid request: Expected `str`, got `int` - at `$.model`",
+        param="model",
+        body=_emb(model=7),
+    ),
+    Case(
+        "unknown-model",
+        404,
+        NOT_FOUND.format("text-embedding-3-small"),
+        "model_not_found",
+        "model",
+        body=_emb(model="text-embedding-3-small"),
+    ),
+    Case(
+        "unknown-model-get",
+        404,
+        NOT_FOUND.format("nope"),
+        "model_not_found",
+        "model",
+        method="GET",
+        path="/v1/models/nope",
+    ),
+    Case(
+        "empty-string", 400, _bad_input("it must not be an empty string"), param="input", body=_emb(input="")
+    ),
+    Case(
+        "empty-array",
+        400,
+        _bad_input("the array must contain at least 1 item"),
+        param="input",
+        body=_emb(input=[]),
+    ),
+    Case(
+        "too-many-inputs",
+        400,
+        _bad_input("the array must contain at most 2048 items, not 2049"),
+        param="input",
+        body=_emb(input=["a"] * 2049),
+    ),
+    Case(
+        "empty-string-in-array",
+        400,
+        _bad_input("it must not contain an empty string"),
+        param="input",
+        body=_emb(input=["a", ""]),
+    ),
+    Case("mixed-array", 400, _bad_input(SHAPES), param="input", body=_emb(input=["a", 1])),
+    Case("input-object", 400, _bad_input(SHAPES), param="input", body=_emb(input={"text": "a"})),
+    Case("empty-token-array", 400, _bad_input(TOKEN_ARRAYS), param="input", body=_emb(input=[[1, 2], []])),
+    Case(
+        "token-id-too-large", 400, TOKEN_RANGE.format(200000), param="input", body=_emb(input=[[1, 200_000]])
+    ),
+    Case("token-id-in-gap", 400, TOKEN_RANGE.format(100261), param="input", body=_emb(input=[100_261])),
+    Case("token-id-negative", 400, TOKEN_RANGE.format(-1), param="input", body=_emb(input=[5, -1])),
+    Case("token-id-bool", 400, _bad_input(TOKEN_ARRAYS), param="input", body=_emb(input=[[True, 5]])),
+    Case("token-id-float", 400, _bad_input(SHAPES), param="input", body=_emb(input=[1.5, 2])),
+    Case(
+        "bad-encoding-format",
+        400,
+        "'int8' is not one of ['float', 'base64'] - 'encoding_format'",
+        param="encoding_format",
+        body=_emb(encoding_format="int8"),
+    ),
+    Case("dimensions-zero", 400, DIMENSIONS.format(0), param="dimensions", body=_emb(dimensions=0)),
+    Case("dimensions-too-large", 400, DIMENSIONS.format(385), param="dimensions", body=_emb(dimensions=385)),
+    Case(
+        "dimensions-not-int",
+        400,
+        "Invalid request: Expected `int | null`, got `str` - at `$.dimensions`",
+        param="dimensions",
+        body=_emb(dimensions="64"),
+    ),
+    Case(
+        "instruction-not-string",
+        400,
+        "Invalid request: Expected `str | null`, got `int` - at `$.instruction`",
+        param="instruction",
+        body=_emb(instruction=3),
+    ),
     Case(
         "context-length-exceeded",
         400,
+        "This model's maximum context length is 16 tokens, however you requested 42 tokens "
+        "(42 in your prompt; 0 for the completion). Please reduce your prompt; or completion length.",
         "context_length_exceeded",
         "input",
         body=_emb(model=STRICT, input=["short", LONG_TEXT]),
@@ -108,16 +198,24 @@ CASES = [
     Case(
         "request-tokens-over-limit-text",
         400,
+        "Requested 1260 tokens, max 1000 tokens per request",
         param="input",
         body=_emb(input=[LONG_TEXT] * 30),
     ),
     Case(
         "request-tokens-over-limit-ids",
         400,
+        "Requested 1200 tokens, max 1000 tokens per request",
         param="input",
         body=_emb(input=[CL100K.encode(LONG_TEXT)] * 30),
     ),
-    Case("internal-error", 500, body=_emb(model=BROKEN), error_type="server_error"),
+    Case(
+        "internal-error",
+        500,
+        "The server had an error while processing your request. Sorry about that!",
+        body=_emb(model=BROKEN),
+        error_type="server_error",
+    ),
 ]
 
 ERROR_SCHEMA_KEYS = {"message", "type", "param", "code"}
@@ -155,11 +253,12 @@ def test_error_envelope(gateway: Gateway, case: Case, caplog: pytest.LogCaptureF
     assert set(body) == {"error"}
     error = body["error"]
     assert set(error) == ERROR_SCHEMA_KEYS
-    assert isinstance(error["message"], str) and error["message"]
-    assert error["type"] == case.error_type
-    assert error["code"] == case.code
-    if case.param is not None:
-        assert error["param"] == case.param
+    assert error == {
+        "message": case.message,
+        "type": case.error_type,
+        "param": case.param,
+        "code": case.code,
+    }
     assert SECRET_DETAIL not in response.text and "Traceback" not in response.text
     if case.status == 500:
         # The details are in the log, with the request id the client can quote.
@@ -171,7 +270,7 @@ def test_error_envelope(gateway: Gateway, case: Case, caplog: pytest.LogCaptureF
 
 
 def test_context_length_message_is_openais(gateway: Gateway) -> None:
-    response = _send(gateway, Case("ctx", 400, body=_emb(model=STRICT, input=LONG_TEXT)))
+    response = _send(gateway, Case("ctx", 400, "", body=_emb(model=STRICT, input=LONG_TEXT)))
     message = response.json()["error"]["message"]
     assert message.startswith(
         "This model's maximum context length is 16 tokens, however you requested 42 tokens"

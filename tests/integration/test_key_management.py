@@ -18,16 +18,16 @@ import pytest
 
 from app.config import Alias, ApiKey, AuthSettings
 from tests.conftest import MINILM, settings_with
-from tests.processes import ROOT
+from tests.processes import ROOT, gateway_processes
 from tests.serving import Gateway, run_gateway
 
 
-def keys_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY")}
+def keys_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY")}
     return subprocess.run(
         [sys.executable, "-m", "app", "keys", *args],
         cwd=ROOT,
-        env=env,
+        env={**clean, **(env or {})},
         capture_output=True,
         text=True,
         timeout=60,
@@ -140,7 +140,7 @@ def test_key_limited_to_some_models(tmp_path: Path) -> None:
 
 
 def test_keys_cli_needs_a_key_file_and_refuses_bad_input(tmp_path: Path) -> None:
-    no_file = keys_cli("list")
+    no_file = keys_cli("list", env={"GATEWAY__AUTH__KEY_FILE": '""'})
     assert no_file.returncode == 2 and "auth.key_file" in no_file.stderr
     path = tmp_path / "keys.json"
     create(path, "a")
@@ -163,3 +163,35 @@ def test_serve_refuses_a_broken_key_file(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "invalid key file" in done.stderr and "sha256" in done.stderr
+
+
+def test_keys_create_and_serve_share_the_default_key_file_with_no_flags(tmp_path: Path) -> None:
+    """The documented workflow on the default config: `keys create`, then `make serve`."""
+    state = tmp_path / "state"  # stands for ~/.local/state
+    env = {"XDG_STATE_HOME": str(state)}
+    done = keys_cli("create", "--name", "laptop", env=env)
+    assert done.returncode == 0, done.stderr
+    key = done.stdout.strip()
+    assert done.stdout == key + "\n" and key.startswith("sk-")  # the key alone on stdout
+    path = state / "llm2vec-gateway" / "keys.json"
+    assert f"in {path}" in done.stderr and key not in done.stderr
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    listed = keys_cli("list", "--json", env=env)
+    assert [k["name"] for k in json.loads(listed.stdout)] == ["laptop"]
+    with gateway_processes(env, logs=tmp_path) as (gw,):
+        served = httpx.post(
+            f"{gw.url}/v1/embeddings",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"model": MINILM, "input": "hello"},
+            timeout=30,
+        )
+        wrong = httpx.post(
+            f"{gw.url}/v1/embeddings", headers={"Authorization": "Bearer sk-nope"}, json={}, timeout=30
+        )
+        output = gw.stop()
+    assert served.status_code == 200, served.text
+    # No limits in the default config, none on the key: no x-ratelimit-* headers at all.
+    assert not [h for h in served.headers if h.startswith("x-ratelimit")]
+    assert wrong.status_code == 401
+    assert "generated key" not in output  # the key file's key is in force: none is made up

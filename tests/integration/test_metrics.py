@@ -5,11 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import ApiKey, AuthSettings, MetricsSettings
-from app.engine import batcher
 from tests.conftest import MINILM, settings_with
 from tests.processes import gateway_processes
 from tests.serving import free_port, run_gateway
@@ -73,8 +71,13 @@ def test_metrics_count_requests_and_tokens_per_key() -> None:
     assert value(found, "gateway_queue_wait_seconds_count", model=MINILM) == 3
     assert value(found, "gateway_compute_seconds_count", model=MINILM) == 3
     assert value(found, "gateway_models_loaded", model=MINILM) == 1
-    for family in ("gateway_batch_size", "gateway_batch_tokens", "gateway_queue_requests"):
-        assert f"# TYPE {family} " in scraped.text
+    # The engine's own observations: three one-text requests sent one after another are
+    # three forward passes of one row each, whose padded tokens are the requests' tokens.
+    assert value(found, "gateway_batch_size_count", model=MINILM) == 3
+    assert value(found, "gateway_batch_size_sum", model=MINILM) == 3
+    assert value(found, "gateway_batch_tokens_sum", model=MINILM) == alice_tokens + bob_tokens
+    assert value(found, "gateway_batch_duration_seconds_count", model=MINILM) == 3
+    assert ("gateway_queue_requests", frozenset({("model", MINILM)})) in found
 
 
 def test_metrics_on_the_api_port_need_the_admin_key() -> None:
@@ -91,14 +94,13 @@ def test_metrics_on_the_api_port_need_the_admin_key() -> None:
 
 
 def test_metrics_are_off_by_default() -> None:
-    with run_gateway(settings_with(), key="x") as gw:
-        assert httpx.get(f"{gw.url}/metrics").status_code in (401, 404)
+    with run_gateway(settings_with(auth=AUTH)) as gw:
+        for key in (ALICE, ADMIN):  # no route at all, whoever asks
+            response = httpx.get(f"{gw.url}/metrics", headers={"Authorization": f"Bearer {key}"})
+            assert response.status_code == 404, response.text
+            assert response.json()["error"]["message"] == "Invalid URL (GET /metrics)"
 
 
-@pytest.mark.skipif(
-    not hasattr(batcher, "Batcher"),
-    reason="until the merge of the engine rewrite, whose Batcher reports batches and queues to the observer",
-)
 def test_batch_and_queue_metrics_from_the_engine(tmp_path: Path) -> None:
     metrics_port = free_port()
     env = {
