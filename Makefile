@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONFIG ?= config/default.toml
 
-.PHONY: install serve test lint bench redis golden golden-gen
+.PHONY: install serve test lint bench redis services deploy-check golden golden-gen
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,12 +23,35 @@ install: $(STAMP)
 serve: install
 	HF_HUB_OFFLINE=1 $(PY) -m app serve --config $(CONFIG)
 
-# Tests start their own redis-server on loopback; install it where it is missing.
-redis:
-	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null)
+# Tests start their own redis-server and HAProxy on loopback; install them where missing.
+services:
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v haproxy >/dev/null || test -x /usr/sbin/haproxy || missing="$$missing haproxy"; \
+	test -z "$$missing" || (apt-get update -qq && apt-get install -y -qq $$missing >/dev/null)
 
-test: install redis
+redis: services
+
+test: install services
 	$(PY) -m pytest
+
+# deploy/: the Kubernetes manifests against the Kubernetes schemas that kubernetes-validate
+# ships (offline; the ServiceMonitor is a CRD it has no schema for), then checkov over
+# deploy/ and the Dockerfile. Own venv: checkov pins versions the gateway does not share.
+DEPLOY_VENV ?= .venv-deploy
+DEPLOY_STAMP := $(DEPLOY_VENV)/.installed
+MANIFESTS := $(wildcard deploy/kubernetes/*.yaml deploy/kubernetes/*/*.yaml)
+
+$(DEPLOY_STAMP):
+	test -x $(DEPLOY_VENV)/bin/python || python3 -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/pip install -q kubernetes-validate==1.37.0 checkov==3.3.30
+	touch $(DEPLOY_STAMP)
+
+deploy-check: $(DEPLOY_STAMP)
+	$(DEPLOY_VENV)/bin/kubernetes-validate --strict --quiet -k 1.30.0 $(MANIFESTS)
+	$(DEPLOY_VENV)/bin/kubernetes-validate --strict --quiet -k 1.37.0 $(MANIFESTS)
+	$(DEPLOY_VENV)/bin/checkov --quiet --compact --skip-download --framework kubernetes -d deploy
+	$(DEPLOY_VENV)/bin/checkov --quiet --compact --skip-download --framework dockerfile -f Dockerfile
 
 lint: install
 	$(PY) -m ruff check . && $(PY) -m ruff format --check . && $(PY) -m mypy

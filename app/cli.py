@@ -28,6 +28,8 @@ def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from app.auth.key_file import KeyFileError
+    from app.framing import uvicorn_options
+    from app.lifecycle import serve
     from app.logs import configure_logging
     from app.server import create_app
 
@@ -44,15 +46,19 @@ def _serve(args: argparse.Namespace) -> None:
     except KeyFileError as exc:
         print(f"invalid key file: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=server.host,
         port=server.port,
+        **uvicorn_options(server),  # type: ignore[arg-type]
         log_level=settings.server.log_level,
         # JSON: uvicorn's own lines go through the root logger's JSON formatter too.
         log_config=None if settings.server.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
         access_log=False,  # app.requests logs one line per request, without secrets
     )
+    # uvicorn's Server run with a graceful drain on SIGTERM/SIGINT (app.lifecycle).
+    if not serve(config, app.state.drain, settings.server):
+        raise SystemExit(3)  # as uvicorn.run: the server could not start
 
 
 def _check_config(args: argparse.Namespace) -> None:

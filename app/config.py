@@ -47,9 +47,20 @@ class ServerSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=Tru
     host: str = "127.0.0.1"
     port: int = 8000
     max_body_bytes: int = 16 * 1024 * 1024
+    # HTTP framing (app.framing): request line + headers over this get 431; a request whose
+    # headers (body) are not all sent within the timeout is cut off; an idle connection closes.
+    max_header_bytes: int = 16 * 1024
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 60.0
+    keep_alive_timeout_seconds: float = 5.0
     log_level: str = "info"
     # "json": every log line is one JSON object (the request line with its fields).
     log_format: LogFormat = "text"
+    # On SIGTERM/SIGINT: /ready answers 503 at once and requests are still served for
+    # drain_seconds (so balancers stop routing here first); the process exits within
+    # shutdown_timeout_seconds of the signal, counted from it.
+    drain_seconds: float = 5.0
+    shutdown_timeout_seconds: float = 30.0
 
 
 class ApiKey(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -218,8 +229,18 @@ def _check(settings: Settings) -> None:
         raise ConfigError("engine: batch and queue bounds must be at least 1")
     if not 0 <= eng.max_batch_wait_ms <= 1000:
         raise ConfigError("engine.max_batch_wait_ms: must be between 0 and 1000")
+    server = settings.server
+    if not 1024 <= server.max_header_bytes <= 1024 * 1024:
+        raise ConfigError("server.max_header_bytes: must be between 1024 and 1048576")
+    timeouts = [server.header_timeout_seconds, server.body_timeout_seconds, server.keep_alive_timeout_seconds]
+    if min(timeouts) <= 0:
+        raise ConfigError("server: header, body and keep-alive timeouts must be more than 0")
     if min(settings.api.max_inputs, settings.api.max_request_tokens, settings.api.max_input_chars) < 1:
         raise ConfigError("api: max_inputs, max_request_tokens and max_input_chars must be at least 1")
+    if not 0 <= server.drain_seconds < server.shutdown_timeout_seconds:
+        raise ConfigError(
+            "server.drain_seconds: must be 0 or more and less than server.shutdown_timeout_seconds"
+        )
 
 
 def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:

@@ -8,7 +8,9 @@
     ├── NotFoundError                 404 (unknown route)
     │   └── ModelNotFoundError        404 code=model_not_found
     ├── MethodNotAllowedError         405
+    ├── RequestTimeoutError           408 (a request not sent in time: app.framing)
     ├── RequestTooLargeError          413
+    ├── HeadersTooLargeError          431 (request line and headers over server.max_header_bytes)
     ├── RateLimitError                429 rate_limit_exceeded
     ├── ClientDisconnectedError       499 (nginx's "client closed request"; never delivered, logged)
     ├── InternalServerError           500 server_error (message never shows internals)
@@ -92,8 +94,18 @@ class MethodNotAllowedError(GatewayError):
     error_type = "invalid_request_error"
 
 
+class RequestTimeoutError(GatewayError):
+    status_code = 408
+    error_type = "invalid_request_error"
+
+
 class RequestTooLargeError(GatewayError):
     status_code = 413
+    error_type = "invalid_request_error"
+
+
+class HeadersTooLargeError(GatewayError):
+    status_code = 431
     error_type = "invalid_request_error"
 
 

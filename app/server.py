@@ -19,6 +19,7 @@ from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from prometheus_client import start_http_server
 
+from app.api.drain import Drain, DrainMiddleware
 from app.api.exception_handlers import exception_to_response
 from app.api.metrics import GatewayMetrics, metrics_endpoint
 from app.api.ratelimit import RateLimiter
@@ -70,7 +71,9 @@ def create_app(
         metrics = GatewayMetrics(names, lambda: app_engine.status())
     app_engine = engine or EmbeddingEngine(settings, loader, observer=metrics)
     limiter = RateLimiter(settings.limits)
-    middleware: list[object] = [RequestLogMiddleware(metrics)]
+    drain = Drain()
+    # The drain's 503s go out through the request log (logged, with the request id).
+    middleware: list[object] = [RequestLogMiddleware(metrics), DrainMiddleware(drain)]
     generated: str | None = None
     watcher: KeyFileWatcher | None = None
     state = State(
@@ -80,6 +83,7 @@ def create_app(
             "started_at": int(time.time()),
             "limiter": limiter,
             "metrics": metrics,
+            "drain": drain,
         }
     )
     if settings.auth.enabled:

@@ -14,6 +14,7 @@ import uvicorn
 
 from app.config import Settings
 from app.engine.engine import EmbeddingEngine, Loader
+from app.framing import uvicorn_options
 from app.server import create_app
 
 
@@ -60,7 +61,14 @@ def run_gateway(
     app = create_app(settings, loader=loader)
     engine: EmbeddingEngine = app.state.engine
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        lifespan="on",
+        **uvicorn_options(settings.server),  # type: ignore[arg-type]
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

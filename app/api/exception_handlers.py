@@ -14,6 +14,7 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException
 
+from app.api.body import TOO_LARGE
 from app.api.request_log import request_id_of
 from app.api.schemas import ErrorBody, ErrorResponse
 from app.errors import (
@@ -28,12 +29,17 @@ from app.errors import (
 logger = logging.getLogger(__name__)
 
 
-def error_response(error: GatewayError) -> Response[bytes]:
+def envelope(error: GatewayError) -> bytes:
+    """OpenAI's error body for `error` (also written by app.framing, outside the app)."""
     body = ErrorResponse(
         error=ErrorBody(message=error.message, type=error.error_type, param=error.param, code=error.code)
     )
+    return msgspec.json.encode(body)
+
+
+def error_response(error: GatewayError) -> Response[bytes]:
     return Response(
-        content=msgspec.json.encode(body),
+        content=envelope(error),
         status_code=error.status_code,
         media_type="application/json",
         headers=error.headers,
@@ -47,7 +53,7 @@ def _from_litestar(request: Request[Any, Any, Any], exc: HTTPException) -> Gatew
     if exc.status_code == 405:
         return MethodNotAllowedError(f"Invalid method for URL {route}")
     if exc.status_code == 413:
-        return RequestTooLargeError("The request body is too large.")
+        return RequestTooLargeError(TOO_LARGE)
     if 400 <= exc.status_code < 500:
         error = InvalidRequestError(exc.detail or "Invalid request.")
         error.status_code = exc.status_code

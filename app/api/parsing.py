@@ -7,6 +7,7 @@ import re
 import msgspec
 
 from app.api.encoding import FORMATS
+from app.api.json_nesting import MAX_JSON_DEPTH, nests_deeper_than
 from app.api.schemas import EmbeddingRequest
 from app.errors import InvalidRequestError
 
@@ -19,10 +20,32 @@ NOT_JSON = (
     "valid JSON.)"
 )
 
+TOO_DEEP = (
+    f"We could not parse the JSON body of your request: its arrays and objects nest more than "
+    f"{MAX_JSON_DEPTH} levels deep."
+)
+
+
+def _not_utf8(body: bytes) -> str:
+    """Where the body stops being UTF-8 (msgspec's error gives the offset in a string only)."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f" at byte {exc.start}"
+    return ""  # only reached if msgspec and Python ever disagreed on what UTF-8 is
+
 
 def parse_embedding_request(body: bytes) -> EmbeddingRequest:
+    if nests_deeper_than(body, MAX_JSON_DEPTH):
+        raise InvalidRequestError(TOO_DEEP)
     try:
         request = _decoder.decode(body)
+    except UnicodeDecodeError:
+        # The strings the gateway reads must be UTF-8 (msgspec skips unknown fields unread).
+        raise InvalidRequestError(
+            f"We could not parse the JSON body of your request: it is not valid UTF-8{_not_utf8(body)}. "
+            "The OpenAI API expects a JSON payload encoded as UTF-8."
+        ) from None
     except msgspec.ValidationError as exc:
         found = _PARAM.search(str(exc))
         raise InvalidRequestError(

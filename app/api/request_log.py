@@ -1,8 +1,9 @@
 """Request ids, the one log line per request, and the request metrics.
 
 The line has the request id, key name, model, number of inputs, tokens, status, latency,
-queue wait and compute time; never a key or any input text. Its fields also travel as
-`fields` on the log record, which the JSON formatter (app.logs) writes as they are.
+queue wait and compute time; never a key or any input text. What a client chose (model,
+path) is cut to a bounded length and, in text logs, escaped so it cannot forge a line. Its
+fields also travel as `fields` on the log record, which the JSON formatter (app.logs) writes.
 Headers a handler puts in `RequestRecord.headers` (the rate-limit headers) go out with the
 response, whatever it is, errors included.
 """
@@ -19,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, HTTPResponseStartEvent, Message, Receive, Scope, Send
+
+from app.logs import bounded, text_token
 
 if TYPE_CHECKING:
     from app.api.metrics import GatewayMetrics
@@ -102,14 +105,14 @@ class RequestLogMiddleware(ASGIMiddleware):
             self._finish(scope, record, status, time.perf_counter() - started)
 
     def _finish(self, scope: Scope, record: RequestRecord, status: int, seconds: float) -> None:
-        key = getattr(scope.get("user"), "name", "-")
+        key = str(getattr(scope.get("user"), "name", "-"))
         path = scope.get("path", "-")
         fields = {
             "request_id": record.request_id,
-            "method": scope.get("method", "-"),
-            "path": path,
-            "key": key,
-            "model": record.model,
+            "method": bounded(str(scope.get("method", "-"))),
+            "path": bounded(path),
+            "key": bounded(key),
+            "model": bounded(record.model),
             "inputs": record.inputs,
             "tokens": record.tokens,
             "status": status,
@@ -117,7 +120,10 @@ class RequestLogMiddleware(ASGIMiddleware):
             "queue_ms": round(record.queue_seconds * 1000, 1),
             "compute_ms": round(record.compute_seconds * 1000, 1),
         }
-        logger.info(" ".join(f"{name}=%s" for name in fields), *fields.values(), extra={"fields": fields})
+        # Text: every string escaped and quoted where needed (a client's model or path can hold
+        # newlines); JSON: the formatter escapes them.
+        text = [text_token(value) if isinstance(value, str) else value for value in fields.values()]
+        logger.info(" ".join(f"{name}=%s" for name in fields), *text, extra={"fields": fields})
         if self._metrics is not None and path.startswith("/v1/"):
             self._metrics.on_request(
                 model=record.model,

@@ -11,6 +11,7 @@ from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
 
 from app.api.access import caller, require_model
+from app.api.body import read_body
 from app.api.encoding import encode_vectors
 from app.api.parsing import parse_embedding_request
 from app.api.ratelimit import RateLimiter
@@ -31,6 +32,8 @@ async def _unless_disconnected(request: Request[object, object, State], work: Aw
     then dropped before they reach the model). Once the body is read, the ASGI server's
     next message for this request is the disconnect."""
     task = asyncio.ensure_future(work)
+    # Whatever the abandoned work ends with is retrieved here, never logged as "never retrieved".
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())
     watcher = asyncio.ensure_future(request.receive())
     try:
         done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
@@ -69,7 +72,7 @@ class OpenAIController(Controller):
     async def create_embeddings(
         self, request: Request[object, object, State], engine: EmbeddingEngine, limiter: RateLimiter
     ) -> Response[bytes]:
-        body = parse_embedding_request(await request.body())
+        body = parse_embedding_request(await read_body(request))
         assert isinstance(body.model, str)  # parse_embedding_request checked it
         record = record_of(request.scope)
         if record is not None:
@@ -135,6 +138,9 @@ async def health() -> Response[bytes]:
 
 
 @get("/ready", exclude_from_auth=True)
-async def ready(engine: EmbeddingEngine) -> Response[bytes]:
-    status = "ready" if engine.ready else "not ready"
-    return _json({"status": status, "models": engine.status()}, 200 if engine.ready else 503)
+async def ready(engine: EmbeddingEngine, state: State) -> Response[bytes]:
+    # Draining (a shutdown signal came): 503 at once, so balancers stop routing here.
+    draining: bool = state.drain.draining
+    ok = engine.ready and not draining
+    status = "draining" if draining else "ready" if ok else "not ready"
+    return _json({"status": status, "models": engine.status()}, 200 if ok else 503)

@@ -106,6 +106,7 @@ def test_ready_is_503_until_models_are_loaded() -> None:
 def served_without_keys() -> Iterator[tuple[str, subprocess.Popen[str]]]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY")}
+    env["GATEWAY__SERVER__DRAIN_SECONDS"] = "0"  # SIGTERM below: no drain period to wait out
     process = subprocess.Popen(
         [sys.executable, "-m", "app", "serve", "--port", str(port)],
         cwd=ROOT,

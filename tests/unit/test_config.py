@@ -66,6 +66,14 @@ def test_plaintext_key_from_environment_is_masked() -> None:
         ("[auth]\nadmin_key_sha256 = 'short'", "auth.admin_key_sha256"),
         ("[[auth.keys]]\nname = 'a'\nkey = 'sk-a'\nrpm = -2", "auth.keys[0]"),
         ("[server]\nlog_format = 'xml'", "$.server.log_format"),
+        # HTTP framing
+        ("[server]\nmax_header_bytes = 100", "server.max_header_bytes"),
+        ("[server]\nmax_header_bytes = 2000000", "server.max_header_bytes"),
+        ("[server]\nheader_timeout_seconds = 0", "server: header, body and keep-alive"),
+        ("[server]\nkeep_alive_timeout_seconds = -1", "server: header, body and keep-alive"),
+        # the graceful drain: it must end before the shutdown timeout does
+        ("[server]\ndrain_seconds = 30\nshutdown_timeout_seconds = 30", "server.drain_seconds"),
+        ("[server]\ndrain_seconds = -1", "server.drain_seconds"),
     ],
 )
 def test_invalid_settings_name_the_field(tmp_path: Path, toml: str, path: str) -> None:

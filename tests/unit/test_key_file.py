@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -112,3 +114,48 @@ def test_watcher_installs_changes_and_keeps_the_keys_in_force_on_a_broken_file(
     asyncio.run(watcher.check(installed.append))
     assert len(installed) == 1
     assert "key file not reloaded" in caplog.text
+
+
+def _kubelet_write(mount: Path, files: dict[str, str], version: int) -> None:
+    """What the kubelet does to a mounted Secret (its AtomicWriter): the files go into a new
+    timestamped directory, `..data` is switched to it by renaming a new symlink over it, each
+    visible name is a symlink through `..data`, and the old directory is removed."""
+    stamp = f"..2025_01_01_00_00_{version:02d}.{version:09d}"
+    (mount / stamp).mkdir()
+    for name, text in files.items():
+        (mount / stamp / name).write_text(text)
+    previous = os.readlink(mount / "..data") if (mount / "..data").is_symlink() else None
+    (mount / "..data_tmp").symlink_to(stamp)
+    os.rename(mount / "..data_tmp", mount / "..data")
+    for name in files:
+        if not (mount / name).is_symlink():
+            (mount / name).symlink_to(Path("..data") / name)
+    if previous is not None:
+        shutil.rmtree(mount / previous)
+
+
+def test_watcher_follows_a_kubernetes_secret_update(tmp_path: Path) -> None:
+    """A key file mounted from a Secret is replaced by a symlink swap of the whole directory."""
+    scratch = tmp_path / "scratch.json"
+    kept, revoked = create_key(scratch, "kept"), create_key(scratch, "revoked")
+    both = scratch.read_text()
+    revoke_key(scratch, "revoked")
+    mount = tmp_path / "keys"
+    mount.mkdir()
+    _kubelet_write(mount, {"keys.json": both}, version=1)
+    path = mount / "keys.json"
+    store, _, watcher = _key_store_for(path)
+    assert watcher is not None and store.match(revoked) is not None
+    installed: list[KeyStore] = []
+    asyncio.run(watcher.check(installed.append))
+    assert installed == []
+
+    _kubelet_write(mount, {"keys.json": scratch.read_text()}, version=2)
+    asyncio.run(watcher.check(installed.append))
+    assert len(installed) == 1
+    assert installed[-1].match(revoked) is None
+    assert installed[-1].match(kept) == KeyIdentity("kept")
+    # Same content again (a resync writes an identical file): the keys stay as they are.
+    _kubelet_write(mount, {"keys.json": scratch.read_text()}, version=3)
+    asyncio.run(watcher.check(installed.append))
+    assert installed[-1].match(kept) == KeyIdentity("kept")
