@@ -33,6 +33,7 @@ DType = Literal["auto", "float32", "bfloat16", "float16"]
 OnOverflow = Literal["truncate", "error"]
 LogFormat = Literal["text", "json"]
 OnStorageError = Literal["open", "closed"]
+WorkerKind = Literal["process", "thread"]
 
 
 class ConfigError(Exception):
@@ -106,8 +107,11 @@ class EngineSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=Tru
     # Backpressure: past either bound a request gets 503 with Retry-After at once.
     max_queue_requests: int = 512
     max_queue_tokens: int = 1_000_000
-    # 0 keeps torch's default (one thread per core).
+    # 0 keeps torch's default (one thread per core); set per model worker.
     torch_threads: int = 0
+    # "process": each model runs in worker processes that own the weights (the gateway
+    # process keeps HTTP, tokenization and batching); "thread": in a thread of this process.
+    workers: WorkerKind = "process"
 
 
 class Alias(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -127,6 +131,10 @@ class ModelSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True
     on_overflow: OnOverflow = "truncate"
     dtype: DType = "auto"
     device: str = "auto"
+    # One worker per device, each with its own copy of the weights, fed from one queue:
+    # a list of devices (["cuda:0", "cuda:1"]) or a count (on CUDA cuda:0 .. cuda:N-1,
+    # on CPU N workers on the CPU).
+    devices: list[str] | int = 1
     normalize: bool = True
     instruction: str = ""
     aliases: list[Alias] = []
@@ -212,6 +220,8 @@ def _check(settings: Settings) -> None:
             names.add(name)
         if model.max_length < 1:
             raise ConfigError(f"models[{i}].max_length: must be at least 1")
+        if model.devices == [] or (isinstance(model.devices, int) and model.devices < 1):
+            raise ConfigError(f"models[{i}].devices: at least one device (or a count of at least 1)")
         if model.kind == "encoder" and (model.adapters or model.pooling != "mean"):
             raise ConfigError(f"models[{i}]: encoder models take no adapters and only mean pooling")
         if model.kind == "llm2vec-gen" and (model.adapters or model.pooling != "mean"):

@@ -29,7 +29,7 @@ from app.auth.key_file import KeyFileWatcher, read_key_file, signature, stored_k
 from app.auth.keys import KeyIdentity, KeyStore, StoredKey, digest, generate_key, keys_from_settings
 from app.auth.middleware import ApiKeyAuthMiddleware
 from app.config import Settings, expand_path, load_settings
-from app.engine.engine import EmbeddingEngine, Loader
+from app.engine.engine import BackendLoader, EmbeddingEngine
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,9 @@ async def _freeze_after_load(engine: EmbeddingEngine) -> None:
 
 
 def create_app(
-    settings: Settings | None = None, engine: EmbeddingEngine | None = None, loader: Loader | None = None
+    settings: Settings | None = None,
+    engine: EmbeddingEngine | None = None,
+    loader: BackendLoader | None = None,
 ) -> Litestar:
     """The app on `settings`; `engine` (built here unless given, with `loader` and the metrics
     as its observer) is on `app.state.engine`."""

@@ -1,17 +1,21 @@
 """Runs the whole benchmark and writes bench/RESULTS.md.
 
     make bench            (= python -m bench.run_all)
+    python -m bench.run_all --standin     (only the stand-in model's scenarios)
 
 For each model (all-MiniLM-L6-v2, and a random-weight Llama of about 100M parameters served
 as an LLM2Vec model): the in-process limit, then the gateway, then the seed-style Flask
-baseline, each on the same scenarios. Servers are pinned to core 0 with one torch thread and
-the load generator to core 1 (`taskset`), so runs are comparable. Everything listens on
+baseline, each on the same scenarios. Then the stand-in for a GPU-sized model
+(bench/standin.py): its limit, and the gateway with thread and with process workers.
+Servers are pinned to core 0 with one torch thread (a server's model workers inherit
+that), the load generator to core 1 (`taskset`), so runs are comparable. Everything listens on
 127.0.0.1 and every load run is bounded in requests and seconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -30,7 +34,7 @@ from typing import Any
 import httpx
 import psutil
 
-from bench.workload import MINILM, BenchModel, config_toml, make_llama_7b_shape, make_llama_100m
+from bench.workload import MINILM, STANDIN, BenchModel, config_toml, make_llama_7b_shape, make_llama_100m
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-bench-0123456789"
@@ -106,7 +110,13 @@ class RssSampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def rss(self) -> int:
-        return int(self._process.memory_info().rss)
+        """The server's and its model workers' resident memory."""
+        processes = [self._process, *self._process.children(recursive=True)]
+        total = 0
+        for process in processes:
+            with contextlib.suppress(psutil.Error):
+                total += int(process.memory_info().rss)
+        return total
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -162,7 +172,14 @@ def _loadgen(url: str, model: str, scenario: Scenario, setup: Setup) -> dict[str
     return result
 
 
-def _serve(argv: list[str], ready_url: str, url: str, model: BenchModel, setup: Setup) -> dict[str, Any]:
+def _serve(
+    argv: list[str],
+    ready_url: str,
+    url: str,
+    model: BenchModel,
+    setup: Setup,
+    scenarios: list[Scenario] = SCENARIOS,
+) -> dict[str, Any]:
     """Start a server, run every scenario against it, and read its memory."""
     env = _env() | {"GATEWAY_API_KEY": KEY}
     log = Path(tempfile.mkdtemp()) / "server.log"
@@ -177,7 +194,7 @@ def _serve(argv: list[str], ready_url: str, url: str, model: BenchModel, setup: 
         with RssSampler(process.pid) as sampler:
             after_load = sampler.rss()
             runs = {}
-            for scenario in SCENARIOS:
+            for scenario in scenarios:
                 runs[scenario.name] = _loadgen(url, model.name, scenario, setup)
                 print(f"   {scenario.name}: {json.dumps(runs[scenario.name])}", flush=True)
         return {"runs": runs, "rss_after_load": after_load, "rss_peak": sampler.peak}
@@ -248,6 +265,84 @@ def bench_model(model: BenchModel, setup: Setup) -> dict[str, Any]:
     return {"limit": limit, "gateway": gateway, "baseline": baseline}
 
 
+def bench_standin(setup: Setup) -> dict[str, Any]:
+    """The stand-in model (bench/standin.py): its in-process limit, then the gateway serving
+    it from a model thread (as before model workers) and from a worker process."""
+    print("== standin: in-process limit", flush=True)
+    argv = _pinned(setup.server_core, "-m", "bench.standin", "limit", f"--batch-size={setup.batch_size}")
+    out = subprocess.run(argv, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    limit = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"   {json.dumps(limit)}", flush=True)
+    result: dict[str, Any] = {"limit": limit}
+    for workers in ("thread", "process"):
+        print(f"== standin: gateway, {workers} workers", flush=True)
+        port = _free_port()
+        config = Path(tempfile.mkdtemp()) / "bench.toml"
+        config.write_text(
+            config_toml(
+                STANDIN,
+                port,
+                torch_threads=setup.torch_threads,
+                batch_size=setup.batch_size,
+                batch_tokens=setup.batch_tokens,
+                batch_wait_ms=setup.batch_wait_ms,
+                workers=workers,
+            )
+        )
+        url = f"http://127.0.0.1:{port}"
+        argv = _pinned(setup.server_core, "-m", "bench.standin", "serve", "--config", str(config))
+        result[workers] = _serve(argv, f"{url}/ready", url, STANDIN, setup, SCENARIOS[:2])
+    return result
+
+
+STANDIN_HEADING = "## Stand-in for a GPU-sized model (bench/standin.py)"
+
+
+def render_standin(result: dict[str, Any]) -> list[str]:
+    limit = result["limit"]["batched_12w"]["inputs_per_s"]
+    single = result["limit"]["single_12w_ms_p50"]
+    lines = [
+        STANDIN_HEADING,
+        "",
+        "Each forward holds the GIL for 18 ms + 0.75 ms per row in pure Python and sleeps 1 ms; "
+        "4096-dimension vectors. `thread`: the model in a thread of the gateway process (as before "
+        "model workers); `process`: in a worker process (the default). Same pinning as above: "
+        "the gateway and its worker on the server core.",
+        "",
+        f"In-process limit: {limit:.1f} inputs/s (batches of 32); single forward {single:.2f} ms p50.",
+        "",
+        "| workers | scenario | requests | inputs/s | x limit | p50 ms | p99 ms | /health max ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for workers in ("thread", "process"):
+        for scenario, run in result[workers]["runs"].items():
+            if "error" in run:
+                lines.append(f"| {workers} | {scenario} | failed: {run['error']} | | | | | |")
+                continue
+            lines.append(
+                f"| {workers} | {scenario} | {run['requests']} | {run['inputs_per_s']:.1f} | "
+                f"{run['inputs_per_s'] / limit:.2f} | {run['p50_ms']:.1f} | {run['p99_ms']:.1f} | "
+                f"{run['health_max_ms']:.1f} |"
+            )
+    runs = result["process"]["runs"]
+    if any("error" in run for run in runs.values()):
+        return [*lines, "", "The process-worker gateway failed a scenario: no targets are judged.", ""]
+    latency, small = (runs[s.name] for s in SCENARIOS[:2])
+    lines += [
+        "",
+        "| target (process workers) | measured | verdict |",
+        "|---|---|---|",
+        f"| small requests (c=32) >= 0.9 x limit | {small['inputs_per_s'] / limit:.2f} x | "
+        f"{_verdict(small['inputs_per_s'] >= 0.9 * limit)} |",
+        f"| latency p50 (c=1) <= single forward + 1.5 ms | {latency['p50_ms']:.2f} ms vs {single:.2f} ms "
+        f"(+{latency['p50_ms'] - single:.2f}) | {_verdict(latency['p50_ms'] <= single + 1.5)} |",
+        "",
+    ]
+    return lines
+
+
 def _versions() -> str:
     names = [
         "torch",
@@ -311,6 +406,9 @@ def render(results: dict[str, dict[str, Any]], command: str, setup: Setup) -> st
         "",
     ]
     for name, result in results.items():
+        if name == STANDIN.name:
+            lines += render_standin(result)
+            continue
         limit, gateway, baseline = result["limit"], result["gateway"], result["baseline"]
         lines += [
             f"## {name}",
@@ -369,6 +467,8 @@ def main() -> None:
     parser.add_argument("--models", default="minilm,llama", help="comma-separated: minilm, llama, llama7b")
     parser.add_argument("--gpu", action="store_true", help="the GPU setup: bf16, no pinning, bigger batches")
     parser.add_argument("--batch-wait-ms", type=float, help="engine.max_batch_wait_ms for the gateway")
+    parser.add_argument("--standin", action="store_true", help="only the stand-in model's scenarios")
+    parser.add_argument("--no-standin", action="store_true", help="leave out the stand-in model")
     parser.add_argument("--out", default=str(ROOT / "bench" / "RESULTS.md"))
     parser.add_argument("--work", default=str(ROOT / "bench" / "out"), help="where models and raw results go")
     args = parser.parse_args()
@@ -381,12 +481,25 @@ def main() -> None:
         "llama": lambda: make_llama_100m(work / "llama-100m"),
         "llama7b": lambda: make_llama_7b_shape(work / "llama-7b-shape"),
     }
-    models = [builders[name]() for name in args.models.split(",")]
+    models = [] if args.standin else [builders[name]() for name in args.models.split(",")]
     results = {model.name: bench_model(model, setup) for model in models}
+    if not args.no_standin and not args.gpu:
+        results[STANDIN.name] = bench_standin(setup)
     work.mkdir(parents=True, exist_ok=True)
     (work / "results.json").write_text(json.dumps(results, indent=2))
-    Path(args.out).write_text(render(results, "python -m bench.run_all " + " ".join(sys.argv[1:]), setup))
-    print(Path(args.out).read_text())
+    command = "python -m bench.run_all " + " ".join(sys.argv[1:])
+    out = Path(args.out)
+    if args.standin and out.exists():
+        # Only the stand-in ran: replace its section and keep the models' results as they are.
+        kept = out.read_text().split(STANDIN_HEADING)[0].rstrip()
+        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        section = "\n".join(render_standin(results[STANDIN.name]))
+        out.write_text(
+            f"{kept}\n\n{section.replace(STANDIN_HEADING, f'{STANDIN_HEADING}, `{command}` at {stamp}')}"
+        )
+    else:
+        out.write_text(render(results, command, setup))
+    print(out.read_text())
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ class BenchModel:
 
 
 MINILM = BenchModel("all-MiniLM-L6-v2", "encoder", "bundled:all-MiniLM-L6-v2", 256)
+# Served only by `python -m bench.standin serve` (bench/standin.py), never by a config alone.
+STANDIN = BenchModel("standin", "encoder", "standin", 512)
 
 
 def make_llama_100m(directory: Path) -> BenchModel:
@@ -51,6 +53,7 @@ def config_toml(
     batch_size: int = 32,
     batch_tokens: int = 16384,
     batch_wait_ms: float = 5.0,
+    workers: str = "process",
 ) -> str:
     return f"""
 [server]
@@ -68,6 +71,7 @@ max_batch_size = {batch_size}
 max_batch_tokens = {batch_tokens}
 max_batch_wait_ms = {batch_wait_ms}
 torch_threads = {torch_threads}
+workers = "{workers}"
 
 [[models]]
 name = "{model.name}"

@@ -13,8 +13,9 @@ import httpx
 import uvicorn
 
 from app.config import Settings
-from app.engine.engine import EmbeddingEngine, Loader
+from app.engine.engine import EmbeddingEngine
 from app.framing import uvicorn_options
+from app.models.protocol import BackendLoader
 from app.server import create_app
 
 
@@ -55,7 +56,10 @@ def free_port() -> int:
 
 @contextmanager
 def run_gateway(
-    settings: Settings, key: str | None = None, loader: Loader | None = None, ready_timeout: float = 120.0
+    settings: Settings,
+    key: str | None = None,
+    loader: BackendLoader | None = None,
+    ready_timeout: float = 120.0,
 ) -> Iterator[Gateway]:
     # The app builds its own engine, so the engine reports to the app's metrics as in `serve`.
     app = create_app(settings, loader=loader)

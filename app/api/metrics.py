@@ -44,10 +44,10 @@ class _ModelsLoaded(Collector):
 
     def collect(self) -> Iterator[Metric]:
         family = GaugeMetricFamily(
-            "gateway_models_loaded", "1 once the model is loaded and ready, else 0", labels=["model"]
+            "gateway_models_loaded", "1 while at least one worker serves the model, else 0", labels=["model"]
         )
         for model, state in self._status().items():
-            family.add_metric([model], 1.0 if state == "ready" else 0.0)
+            family.add_metric([model], 1.0 if state.startswith(("ready", "degraded")) else 0.0)
         yield family
 
 

@@ -1,10 +1,11 @@
 """The embedding engine: names -> loaded models, validation, tokenization, batching, pooling.
 
-Usable without HTTP. Per loaded model there is one tokenizer thread and one model thread
-(app.engine.batcher): the event loop never runs a tokenizer or a forward pass, a fast
-tokenizer is never used from two threads at once, and tokenizing the next requests overlaps
-the model's work on the current batch. Requests are refused at once (503) rather than
-queued without bound: by count on arrival, by tokens once they are tokenized.
+Usable without HTTP. Per loaded model there is one tokenizer thread in this process, one
+queue (app.engine.batcher) and one or more model workers (app.engine.workers), by default
+processes that own the weights: the event loop never runs a tokenizer or a forward pass, a
+fast tokenizer is never used from two threads at once, and tokenizing the next requests
+overlaps the model's work on the current batch. Requests are refused at once (503) rather
+than queued without bound: by count on arrival, by tokens once they are tokenized.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
@@ -25,18 +25,21 @@ from app.engine.batcher import Batcher, Job, overloaded
 from app.engine.observer import EngineObserver, NullObserver
 from app.engine.token_inputs import NativeIds, TextInputs, TiktokenIds, TokenInputs, parse_input
 from app.engine.turns import Item, turns
+from app.engine.workers.pool import ModelPool
 from app.errors import (
     ContextLengthExceededError,
     InvalidRequestError,
     ModelNotFoundError,
     OverloadedError,
 )
-from app.models.protocol import EmbeddingBackend, TokenizedText
+from app.models.protocol import BackendLoader, EmbeddingTokenizer, TokenizedText
 
 logger = logging.getLogger(__name__)
 
-Loader = Callable[[ModelSettings], EmbeddingBackend]
-ModelState = Literal["loading", "ready", "failed"]
+__all__ = ["BackendLoader", "EmbeddingEngine", "EmbeddingResult", "ServedModel"]
+
+ModelState = Literal["loading", "ready", "degraded", "not serving", "failed"]
+SERVING: tuple[ModelState, ...] = ("ready", "degraded")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,12 +62,12 @@ class EmbeddingResult:
 
 @dataclass
 class _Slot:
-    """One loaded model, its tokenizer thread and its batcher (the model thread)."""
+    """One loaded model: its tokenizer part and thread, its queue and its workers."""
 
     entry: ModelSettings
     state: ModelState = "loading"
-    backend: EmbeddingBackend | None = None
-    batcher: Batcher | None = None
+    tokenizer: EmbeddingTokenizer | None = None
+    pool: ModelPool | None = None
     error: str = ""
     # Requests admitted and not yet answered (tokenizing, queued or running).
     pending: int = 0
@@ -73,8 +76,13 @@ class _Slot:
 
 class EmbeddingEngine:
     def __init__(
-        self, settings: Settings, loader: Loader | None = None, observer: EngineObserver | None = None
+        self,
+        settings: Settings,
+        loader: BackendLoader | None = None,
+        observer: EngineObserver | None = None,
     ) -> None:
+        """`loader` loads each entry's two parts (default: the registry, as configured);
+        tests and the benchmark pass their own. Worker processes receive it pickled."""
         self._settings = settings
         self._loader = loader
         self._observer: EngineObserver = observer or NullObserver()
@@ -95,51 +103,58 @@ class EmbeddingEngine:
         self._loading.start()
 
     def _load_all(self) -> None:
-        from app.models.registry import load_backend
+        from app.models.registry import RegistryLoader
         from app.models.torch_runtime import configure_threads
 
-        configure_threads(self._settings.engine.torch_threads)
-        loader = self._loader or load_backend
+        engine = self._settings.engine
+        if engine.workers == "thread":
+            configure_threads(engine.torch_threads)
+        loader = self._loader or RegistryLoader()
         token_ids = self._settings.api.token_ids
         if token_ids != "native":
             self._tiktoken = TiktokenIds(token_ids)
-        engine = self._settings.engine
         for slot in self._slots.values():
             try:
-                backend = loader(slot.entry)
-                self._warm_up(backend)
-                slot.backend = backend
-                slot.batcher = Batcher(
+                tokenizer = loader.load_tokenizer(slot.entry)
+                batcher = Batcher(
                     slot.entry.name,
-                    backend,
                     max_batch_size=engine.max_batch_size,
                     max_batch_tokens=engine.max_batch_tokens,
                     max_queue_tokens=engine.max_queue_tokens,
                     observer=self._observer,
                     max_wait_seconds=engine.max_batch_wait_ms / 1000,
                 )
-                slot.batcher.start()
+                pool = ModelPool(
+                    slot.entry,
+                    batcher,
+                    loader,
+                    kind=engine.workers,
+                    threads=engine.torch_threads,
+                    warmup=self._warm_up_batch(tokenizer),
+                )
+                pool.start()
+                slot.tokenizer, slot.pool = tokenizer, pool
                 slot.state = "ready"
                 logger.info(
-                    "model %s ready on %s (%d dimensions)",
+                    "model %s ready on %s (%d dimensions, %s workers)",
                     slot.entry.name,
-                    backend.device,
-                    backend.dimensions,
+                    ", ".join(pool.devices),
+                    pool.dimensions,
+                    engine.workers,
                 )
             except Exception as exc:
                 slot.state = "failed"
                 slot.error = f"{type(exc).__name__}: {exc}"
                 logger.exception("model %s failed to load", slot.entry.name)
 
-    def _warm_up(self, backend: EmbeddingBackend) -> None:
+    def _warm_up_batch(self, tokenizer: EmbeddingTokenizer) -> list[TokenizedText]:
         """One full-size batch, so the first request pays no first-call costs and a batch
         the configured budget allows but memory does not fails at start, not under load."""
         engine = self._settings.engine
         rows = engine.max_batch_size
-        width = min(backend.max_length, max(1, engine.max_batch_tokens // rows))
-        sample = backend.tokenize(["warm up " * width], "")[0]
-        batch = [TokenizedText(sample.input_ids[:width], min(sample.pooled, width), width)] * rows
-        backend.embed(batch)
+        width = min(tokenizer.max_length, max(1, engine.max_batch_tokens // rows))
+        sample = tokenizer.tokenize(["warm up " * width], "")[0]
+        return [TokenizedText(sample.input_ids[:width], min(sample.pooled, width), width)] * rows
 
     def wait_loaded(self, timeout: float | None = None) -> None:
         if self._loading is not None:
@@ -148,33 +163,48 @@ class EmbeddingEngine:
     def stop(self) -> None:
         for slot in self._slots.values():
             slot.tokenizer_thread.shutdown(wait=False, cancel_futures=True)
-            if slot.batcher is not None:
-                slot.batcher.stop()
+            if slot.pool is not None:
+                slot.pool.stop()
 
-    def _state(self, slot: _Slot) -> ModelState:
-        if slot.state == "ready" and slot.batcher is not None and not slot.batcher.alive:
-            return "failed"
-        return slot.state
+    def _state(self, slot: _Slot) -> tuple[ModelState, str]:
+        if slot.state == "ready" and slot.pool is not None:
+            state, reason = slot.pool.state()
+            return state, reason  # type: ignore[return-value]
+        return slot.state, slot.error
 
     @property
     def ready(self) -> bool:
-        return all(self._state(slot) == "ready" for slot in self._slots.values())
+        """Every model is served by at least one worker."""
+        return all(self._state(slot)[0] in SERVING for slot in self._slots.values())
 
     def status(self) -> dict[str, str]:
-        """Each model's state, with the reason where it failed."""
+        """Each model's state, with the reason where it is not fully serving."""
         result = {}
         for name, slot in self._slots.items():
-            state = self._state(slot)
-            if state == "failed":
-                reason = slot.batcher.failure if slot.batcher and slot.batcher.failure else slot.error
-                result[name] = f"failed: {reason}"
-            else:
-                result[name] = state
+            state, reason = self._state(slot)
+            result[name] = f"{state}: {reason}" if reason else state
         return result
 
     def queue_depth(self) -> dict[str, tuple[int, int]]:
         """(requests, tokens) queued per loaded model."""
-        return {name: slot.batcher.depth for name, slot in self._slots.items() if slot.batcher is not None}
+        return {name: slot.pool.batcher.depth for name, slot in self._slots.items() if slot.pool is not None}
+
+    def workers(self, model: str) -> list[dict[str, object]]:
+        """Each worker of a loaded model: index, device, pid, serving, batches run and in flight."""
+        pool = self._slots[self.resolve(model).entry.name].pool
+        if pool is None:
+            return []
+        return [
+            {
+                "index": w.index,
+                "device": w.device,
+                "pid": w.pid,
+                "serving": w.serving,
+                "batches": w.batches,
+                "in_flight": w.in_flight,
+            }
+            for w in pool.workers
+        ]
 
     # -- names -------------------------------------------------------------------------------
 
@@ -188,8 +218,8 @@ class EmbeddingEngine:
         return served
 
     def dimensions(self, name: str) -> int | None:
-        backend = self._slots[self.resolve(name).entry.name].backend
-        return backend.dimensions if backend is not None else None
+        pool = self._slots[self.resolve(name).entry.name].pool
+        return pool.dimensions if pool is not None else None
 
     # -- embedding ---------------------------------------------------------------------------
 
@@ -209,16 +239,18 @@ class EmbeddingEngine:
         """
         served = self.resolve(model)
         slot = self._slots[served.entry.name]
-        backend, batcher = slot.backend, slot.batcher
-        if backend is None or batcher is None or self._state(slot) != "ready":
+        tokenizer, pool = slot.tokenizer, slot.pool
+        # A model restarting its only worker still queues: the queue is served when it is back.
+        if tokenizer is None or pool is None or self._state(slot)[0] not in (*SERVING, "not serving"):
             message = "is still loading" if slot.state == "loading" else "is not available"
             raise OverloadedError(
                 f"The model `{model}` {message}; please try again later.", headers={"Retry-After": "5"}
             )
-        if dimensions is not None and not 1 <= dimensions <= backend.dimensions:
+        batcher, model_dimensions = pool.batcher, pool.dimensions
+        if dimensions is not None and not 1 <= dimensions <= model_dimensions:
             raise InvalidRequestError(
                 f"Invalid value for 'dimensions' = {dimensions}: this model supports from 1 "
-                f"to {backend.dimensions} dimensions.",
+                f"to {model_dimensions} dimensions.",
                 param="dimensions",
             )
         if slot.pending >= self._settings.engine.max_queue_requests:
@@ -227,8 +259,8 @@ class EmbeddingEngine:
         loop = asyncio.get_running_loop()
         slot.pending += 1
         try:
-            tokenized = await self._tokenize_in_turns(slot, backend, raw_input, text)
-            job = Job(tokenized, backend.dimensions, loop, request_id)
+            tokenized = await self._tokenize_in_turns(slot, tokenizer, raw_input, text)
+            job = Job(tokenized, model_dimensions, loop, request_id)
             batcher.submit(job)
             try:
                 vectors = await job.future
@@ -250,7 +282,7 @@ class EmbeddingEngine:
         )
 
     async def _tokenize_in_turns(
-        self, slot: _Slot, backend: EmbeddingBackend, raw_input: object, instruction: str
+        self, slot: _Slot, tokenizer: EmbeddingTokenizer, raw_input: object, instruction: str
     ) -> list[TokenizedText]:
         """Validate `input`, tokenize, count, enforce the limits: on the model's tokenizer
         thread, one turn of inputs at a time (app.engine.turns), so no request holds the
@@ -261,7 +293,7 @@ class EmbeddingEngine:
         tokenized: list[TokenizedText] = []
         for turn in turns(items):
             tokenized += await loop.run_in_executor(
-                slot.tokenizer_thread, self._tokenize_turn, slot.entry, backend, turn, instruction
+                slot.tokenizer_thread, self._tokenize_turn, slot.entry, tokenizer, turn, instruction
             )
             self._check_tokens(tokenized)
         return tokenized
@@ -281,7 +313,7 @@ class EmbeddingEngine:
     def _tokenize_turn(
         self,
         entry: ModelSettings,
-        backend: EmbeddingBackend,
+        tokenizer: EmbeddingTokenizer,
         items: list[Item],
         instruction: str,
     ) -> list[TokenizedText]:
@@ -290,10 +322,10 @@ class EmbeddingEngine:
             if isinstance(item, str):
                 texts.append(item)
             else:
-                decoder = self._tiktoken or NativeIds(backend.vocab_size, backend.decode_ids)
+                decoder = self._tiktoken or NativeIds(tokenizer.vocab_size, tokenizer.decode_ids)
                 texts.append(decoder.decode(item))
                 _check_input_chars(len(texts[-1]), self._settings.api.max_input_chars)
-        tokenized = backend.tokenize(texts, instruction)
+        tokenized = tokenizer.tokenize(texts, instruction)
         if entry.on_overflow == "error":
             longest = max(tokenized, key=lambda t: t.full_length)
             if longest.full_length > entry.max_length:

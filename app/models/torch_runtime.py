@@ -14,8 +14,13 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 def resolve_device(device: str) -> str:
-    """The device to serve on (`auto`: CUDA when present), with its kernels chosen for serving."""
-    resolved = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    """The device to serve on, with its kernels chosen for serving. `auto` is CUDA when
+    present, else the CPU; `auto:N` (the N-th of several workers) is cuda:N or the CPU."""
+    auto, _, index = device.partition(":")
+    if auto == "auto":
+        resolved = (f"cuda:{index}" if index else "cuda") if torch.cuda.is_available() else "cpu"
+    else:
+        resolved = device
     if resolved.startswith("cuda"):
         # cuDNN's attention builds an execution plan for each new shape, and a server sees a
         # new (rows, width) almost every batch: measured on an H100 (torch 2.11) at 2 ms of CPU

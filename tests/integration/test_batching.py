@@ -1,7 +1,9 @@
-"""The serving engine under concurrency, through a real server and real MiniLM weights.
+"""The serving engine under concurrency, through a real server and real MiniLM weights in a
+worker process.
 
-A gate around the real backend holds the model thread still, so that what queues up while
-it is busy is known exactly; it also records every batch the model really ran.
+The shared test backend (tests.fake_backend) wraps the real model part in the worker: a
+gate the test closes holds the worker still, so that what queues up while it is busy is
+known exactly; it also records every batch the model really ran.
 """
 
 from __future__ import annotations
@@ -10,21 +12,20 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import msgspec
 import numpy as np
-import numpy.typing as npt
 import pytest
 
-from app.config import EngineSettings, ModelSettings
-from app.models.protocol import BatchMemoryError, EmbeddingBackend, TokenizedText
-from app.models.registry import load_backend
+from app.config import EngineSettings
+from app.models.registry import load_tokenizer
 from tests.conftest import MINILM, TEST_KEY, settings_with
+from tests.fake_backend import Controls, FakeLoader
 from tests.serving import Gateway, run_gateway
 
 AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
@@ -33,52 +34,27 @@ MAX_BATCH_TOKENS = 256
 
 
 @dataclass
-class GatedBackend:
-    """The real backend, plus: a gate the test opens, a record of every batch, a text that
-    makes its batch fail, and an optional row limit that raises out-of-memory."""
-
-    inner: EmbeddingBackend
-    gate: threading.Event = field(default_factory=threading.Event)
-    batches: list[list[tuple[int, ...]]] = field(default_factory=list)
-    poison: tuple[int, ...] = ()
-    memory_rows: int = 0
-    entered: threading.Event = field(default_factory=threading.Event)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def tokenize(self, texts: Sequence[str], instruction: str) -> list[TokenizedText]:
-        return self.inner.tokenize(texts, instruction)
-
-    def embed(self, batch: Sequence[TokenizedText]) -> npt.NDArray[np.float32]:
-        self.entered.set()
-        if not self.gate.wait(30):
-            raise TimeoutError("the test never opened the gate")
-        if self.memory_rows and len(batch) > self.memory_rows:
-            raise BatchMemoryError("CUDA out of memory (simulated)")
-        self.batches.append([t.input_ids for t in batch])
-        if any(t.input_ids == self.poison for t in batch):
-            raise RuntimeError("the forward pass failed")
-        return self.inner.embed(batch)
-
-
-@dataclass
 class Rig:
     gateway: Gateway
-    backend: GatedBackend
+    controls: Controls
+
+    def __post_init__(self) -> None:
+        self._tokenizer = load_tokenizer(settings_with().models[0])
 
     def ids(self, text: str) -> tuple[int, ...]:
-        return self.backend.inner.tokenize([text], "")[0].input_ids
+        return self._tokenizer.tokenize([text], "")[0].input_ids
+
+    def batches(self) -> list[list[tuple[int, ...]]]:
+        return [[tuple(row) for row in b["rows"]] for b in self.controls.batches()]  # type: ignore[union-attr]
 
     def seen(self) -> set[tuple[int, ...]]:
-        return {ids for batch in self.backend.batches for ids in batch}
+        return {ids for batch in self.batches() for ids in batch}
 
     def hold(self) -> None:
-        """Close the gate and wait until the model thread is stuck on a batch."""
-        self.backend.gate.clear()
-        self.backend.entered.clear()
+        """Close the gate and wait until the worker is stuck on a batch."""
+        self.controls.close_gate()
         threading.Thread(target=self.post, args=({"input": "hold the model thread"},), daemon=True).start()
-        assert self.backend.entered.wait(10)
+        assert self.controls.wait_entered(10)
 
     def post(self, body: dict[str, object], timeout: float = 30) -> httpx.Response:
         payload = {"model": MINILM, "encoding_format": "float", **body}
@@ -86,27 +62,21 @@ class Rig:
 
 
 @contextmanager
-def _rig(engine: EngineSettings, memory_rows: int = 0) -> Iterator[Rig]:
-    backends: list[GatedBackend] = []
-
-    def loader(entry: ModelSettings) -> EmbeddingBackend:
-        backend = GatedBackend(load_backend(entry))
-        backend.gate.set()  # open for the warm-up
-        backends.append(backend)
-        return backend  # type: ignore[return-value]
-
+def _rig(engine: EngineSettings, tmp: Path, memory_rows: int = 0) -> Iterator[Rig]:
+    loader = FakeLoader(str(tmp))
     with run_gateway(settings_with(engine=engine), key=TEST_KEY, loader=loader) as gateway:
-        backend = backends[0]
-        backend.poison = backend.inner.tokenize([POISON], "")[0].input_ids
-        backend.batches.clear()  # forget the warm-up
-        backend.memory_rows = memory_rows
-        yield Rig(gateway, backend)
+        rig = Rig(gateway, loader.controls(MINILM))
+        rig.controls.set("poison", [list(rig.ids(POISON))])
+        rig.controls.forget_batches()  # forget the warm-up
+        if memory_rows:
+            rig.controls.set("memory_rows", memory_rows)
+        yield rig
 
 
 @pytest.fixture(scope="module")
-def rig() -> Iterator[Rig]:
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     engine = EngineSettings(max_batch_size=8, max_batch_tokens=MAX_BATCH_TOKENS, max_queue_requests=64)
-    with _rig(engine) as rig:
+    with _rig(engine, tmp_path_factory.mktemp("rig")) as rig:
         yield rig
 
 
@@ -114,7 +84,7 @@ def rig() -> Iterator[Rig]:
 def _open_gate(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     if "rig" in request.fixturenames:
-        request.getfixturevalue("rig").backend.gate.set()
+        request.getfixturevalue("rig").controls.open_gate()
 
 
 async def _concurrently(rig: Rig, bodies: list[dict[str, object]]) -> list[httpx.Response]:
@@ -137,17 +107,17 @@ def test_concurrent_requests_share_batches_within_the_budget(rig: Rig) -> None:
     async def run() -> list[httpx.Response]:
         pending = asyncio.ensure_future(_concurrently(rig, [{"input": t} for t in texts]))
         await asyncio.sleep(1.0)  # all 24 requests are queued behind the held batch
-        rig.backend.gate.set()
+        rig.controls.open_gate()
         return await pending
 
     responses = asyncio.run(run())
     assert [r.status_code for r in responses] == [200] * 24
     wanted = {rig.ids(t) for t in texts}
-    batches = [b for b in rig.backend.batches if wanted & set(b)]
+    batches = [b for b in rig.batches() if wanted & set(b)]
     # 24 single-input requests ran in a few full batches, not 24 forward passes.
     assert max(len(b) for b in batches) == 8
     assert len(batches) <= 4
-    for batch in rig.backend.batches:
+    for batch in rig.batches():
         assert len(batch) == 1 or max(map(len, batch)) * len(batch) <= MAX_BATCH_TOKENS
 
 
@@ -163,11 +133,11 @@ def test_batched_results_equal_unbatched(rig: Rig) -> None:
 
 
 def test_identical_inputs_in_a_batch_run_once_and_are_counted_each_time(rig: Rig) -> None:
-    rig.backend.batches.clear()
+    rig.controls.forget_batches()
     one = rig.post({"input": "the same text"}).json()
     response = rig.post({"input": ["the same text"] * 5}).json()
     assert response["usage"]["prompt_tokens"] == 5 * one["usage"]["prompt_tokens"]
-    assert [len(b) for b in rig.backend.batches] == [1, 1]
+    assert [len(b) for b in rig.batches()] == [1, 1]
     assert all(d["embedding"] == one["data"][0]["embedding"] for d in response["data"])
 
 
@@ -182,7 +152,7 @@ def test_a_failing_batch_fails_only_its_own_requests(rig: Rig, caplog: pytest.Lo
             )
         )
         await asyncio.sleep(0.5)
-        rig.backend.gate.set()
+        rig.controls.open_gate()
         return await pending
 
     poisoned, bystander, separate = asyncio.run(run())
@@ -211,14 +181,14 @@ def test_a_disconnected_clients_inputs_never_reach_the_model(rig: Rig) -> None:
     while rig.gateway.engine.queue_depth()[MINILM][0] and time.monotonic() < deadline:
         time.sleep(0.05)
     assert rig.gateway.engine.queue_depth()[MINILM] == (0, 0)  # dropped from the queue itself
-    rig.backend.gate.set()
+    rig.controls.open_gate()
     assert rig.post({"input": "a later request"}).status_code == 200
     assert rig.ids(gone) not in rig.seen()
     assert rig.ids("a later request") in rig.seen()
 
 
-def test_a_full_queue_answers_503_with_retry_after_at_once() -> None:
-    with _rig(EngineSettings(max_queue_requests=2)) as rig:
+def test_a_full_queue_answers_503_with_retry_after_at_once(tmp_path: Path) -> None:
+    with _rig(EngineSettings(max_queue_requests=2), tmp_path) as rig:
         rig.hold()  # one admitted request
         waiting = threading.Thread(target=rig.post, args=({"input": "second, admitted"},), daemon=True)
         waiting.start()
@@ -226,7 +196,7 @@ def test_a_full_queue_answers_503_with_retry_after_at_once() -> None:
         started = time.perf_counter()
         refused = rig.post({"input": "third, refused"}, timeout=5)
         elapsed = time.perf_counter() - started
-        rig.backend.gate.set()
+        rig.controls.open_gate()
         waiting.join(10)
         assert refused.status_code == 503
         assert refused.headers["retry-after"] == "1"
@@ -236,32 +206,19 @@ def test_a_full_queue_answers_503_with_retry_after_at_once() -> None:
         assert rig.post({"input": "served again"}).status_code == 200
 
 
-def test_out_of_memory_splits_the_batch_and_still_answers() -> None:
-    with _rig(EngineSettings(max_batch_size=16), memory_rows=3) as rig:
+def test_out_of_memory_splits_the_batch_and_still_answers(tmp_path: Path) -> None:
+    with _rig(EngineSettings(max_batch_size=16), tmp_path, memory_rows=3) as rig:
         texts = _texts(10)
         response = rig.post({"input": texts})
         assert response.status_code == 200
-        assert all(len(b) <= 3 for b in rig.backend.batches)
+        assert all(len(b) <= 3 for b in rig.batches())
         alone = rig.post({"input": texts[7]}).json()["data"][0]["embedding"]
         np.testing.assert_allclose(response.json()["data"][7]["embedding"], alone, atol=1e-5)
 
 
-class _Fatal(BaseException):
-    """Not an Exception: escapes the per-batch handler, as a crash of the thread would."""
-
-
-def test_a_dead_model_thread_is_reported_and_fails_waiters() -> None:
-    with _rig(EngineSettings()) as rig:
-        original = rig.backend.inner
-
-        class Dying:
-            def __getattr__(self, name: str) -> Any:
-                return getattr(original, name)
-
-            def embed(self, batch: Sequence[TokenizedText]) -> npt.NDArray[np.float32]:
-                raise _Fatal
-
-        rig.backend.inner = Dying()  # type: ignore[assignment]
+def test_a_dead_model_thread_is_reported_and_fails_waiters(tmp_path: Path) -> None:
+    with _rig(EngineSettings(workers="thread"), tmp_path) as rig:
+        rig.controls.set("kill", [list(rig.ids("this kills the model thread"))])
         response = rig.post({"input": "this kills the model thread"}, timeout=10)
         assert response.status_code == 500
         ready = httpx.get(f"{rig.gateway.url}/ready")
@@ -278,5 +235,5 @@ def test_health_is_fast_while_the_model_is_busy(rig: Rig) -> None:
     started = time.perf_counter()
     assert httpx.get(f"{rig.gateway.url}/health").status_code == 200
     assert time.perf_counter() - started < 1.0
-    rig.backend.gate.set()
+    rig.controls.open_gate()
     pending.join(30)

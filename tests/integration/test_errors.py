@@ -5,21 +5,18 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import msgspec
-import numpy as np
-import numpy.typing as npt
 import pytest
 import tiktoken
 
-from app.config import ApiSettings, ModelSettings, ServerSettings
-from app.models.protocol import EmbeddingBackend, TokenizedText
-from app.models.registry import load_backend
+from app.config import ApiSettings, ServerSettings
 from tests.conftest import MINILM, TEST_KEY, settings_with
+from tests.fake_backend import FakeLoader
 from tests.serving import Gateway, run_gateway
 
 MAX_BODY = 200_000
@@ -29,33 +26,8 @@ BROKEN = "broken"  # its forward pass always raises
 SECRET_DETAIL = "device-side assert at /opt/weights/secret"
 
 
-@dataclass
-class _ExplodingBackend:
-    """A real backend whose forward fails after its warm-up, as a CUDA fault would."""
-
-    inner: EmbeddingBackend
-    calls: int = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def tokenize(self, texts: Sequence[str], instruction: str) -> list[TokenizedText]:
-        return self.inner.tokenize(texts, instruction)
-
-    def embed(self, batch: Sequence[TokenizedText]) -> npt.NDArray[np.float32]:
-        self.calls += 1
-        if self.calls == 1:  # the warm-up at start
-            return self.inner.embed(batch)
-        raise RuntimeError(SECRET_DETAIL)
-
-
-def _loader(entry: ModelSettings) -> EmbeddingBackend:
-    backend = load_backend(entry)
-    return _ExplodingBackend(backend) if entry.name == BROKEN else backend  # type: ignore[return-value]
-
-
 @pytest.fixture(scope="module")
-def gateway() -> Iterator[Gateway]:
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     base = settings_with().models[0]
     settings = settings_with(
         server=ServerSettings(max_body_bytes=MAX_BODY),
@@ -66,7 +38,10 @@ def gateway() -> Iterator[Gateway]:
             msgspec.structs.replace(base, name=BROKEN),
         ],
     )
-    with run_gateway(settings, key=TEST_KEY, loader=_loader) as gw:
+    loader = FakeLoader(str(tmp_path_factory.mktemp("controls")))
+    with run_gateway(settings, key=TEST_KEY, loader=loader) as gw:
+        # From now on its forward pass fails, as after a CUDA fault.
+        loader.controls(BROKEN).set("fail", SECRET_DETAIL)
         yield gw
 
 

@@ -17,30 +17,24 @@ import msgspec
 import numpy as np
 import pytest
 
-from app.config import Alias, AuthSettings, ModelSettings
+from app.config import Alias, AuthSettings
 from app.engine.engine import EmbeddingEngine
-from app.models.protocol import EmbeddingBackend
-from app.models.registry import load_backend
 from app.server import create_app
 from tests.conftest import MINILM, TEST_KEY, settings_with
+from tests.fake_backend import FakeLoader
 from tests.serving import free_port, run_gateway, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_aliases_share_one_model_and_carry_their_instruction() -> None:
-    loads: list[str] = []
-
-    def counting_loader(entry: ModelSettings) -> EmbeddingBackend:
-        loads.append(entry.name)
-        return load_backend(entry)
-
+def test_aliases_share_one_model_and_carry_their_instruction(tmp_path: Path) -> None:
+    loader = FakeLoader(str(tmp_path))
     base = settings_with().models[0]
     entry = msgspec.structs.replace(base, aliases=[Alias(name="minilm-query", instruction="query: ")])
-    with run_gateway(settings_with(models=[entry]), key=TEST_KEY, loader=counting_loader) as gw:
+    with run_gateway(settings_with(models=[entry]), key=TEST_KEY, loader=loader) as gw:
         listing = httpx.get(f"{gw.v1}/models", headers=gw.headers()).json()
         assert [m["id"] for m in listing["data"]] == [MINILM, "minilm-query"]
-        assert loads == [MINILM]
+        assert loader.loads(MINILM) == ["tokenizer", "model"]  # once, for both names
 
         def embed(model: str, **extra: object) -> list[float]:
             body = {"model": model, "input": "what is a kitten", "encoding_format": "float", **extra}
@@ -57,17 +51,15 @@ def test_aliases_share_one_model_and_carry_their_instruction() -> None:
         np.testing.assert_allclose(embed("minilm-query", instruction=""), embed(MINILM), atol=1e-6)
 
 
-def test_ready_is_503_until_models_are_loaded() -> None:
-    release = threading.Event()
-
-    def slow_loader(entry: ModelSettings) -> EmbeddingBackend:
-        release.wait(60)
-        return load_backend(entry)
+def test_ready_is_503_until_models_are_loaded(tmp_path: Path) -> None:
+    loader = FakeLoader(str(tmp_path))
+    held = loader.controls(MINILM).dir / "load_closed"
+    held.touch()  # loading waits until the file is gone
 
     import uvicorn
 
     settings = settings_with()
-    engine = EmbeddingEngine(settings, slow_loader)
+    engine = EmbeddingEngine(settings, loader)
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(settings, engine), host="127.0.0.1", port=port, log_config=None)
@@ -93,11 +85,11 @@ def test_ready_is_503_until_models_are_loaded() -> None:
         )
         assert early.status_code == 503 and early.headers["retry-after"] == "5"
         assert early.json()["error"]["type"] == "server_error"
-        release.set()
+        held.unlink()
         engine.wait_loaded(60)
         assert httpx.get(f"{url}/ready").status_code == 200
     finally:
-        release.set()
+        held.unlink(missing_ok=True)
         server.should_exit = True
         thread.join(10)
 

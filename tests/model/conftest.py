@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.config import Alias, ApiSettings, ModelSettings
+from app.config import Alias, ApiSettings, EngineSettings, ModelSettings
 from tests.conftest import TEST_KEY, settings_with
 from tests.model_factory import TinyCheckpoint, make_mntp_checkpoint
 from tests.serving import Gateway, run_gateway
@@ -45,6 +45,10 @@ def llm2vec_gateway(checkpoints: dict[str, TinyCheckpoint]) -> Iterator[Gateway]
         )
         # The first position's state: it sees later tokens only with bidirectional attention.
         models.append(entry(checkpoint, f"{family}-bos", pooling="bos_token"))
-    settings = settings_with(models=models, api=ApiSettings(token_ids="native"))
+    # Ten entries: model threads, not ten worker processes of torch each (this suite is about
+    # the vectors; tests/integration/test_workers.py covers the processes).
+    settings = settings_with(
+        models=models, api=ApiSettings(token_ids="native"), engine=EngineSettings(workers="thread")
+    )
     with run_gateway(settings, key=TEST_KEY) as gateway:
         yield gateway

@@ -24,7 +24,7 @@ import numpy.typing as npt
 import pytest
 from openai import OpenAI
 
-from app.config import Alias, ModelSettings
+from app.config import Alias, EngineSettings, ModelSettings
 from app.engine.engine import EmbeddingEngine
 from tests.conftest import TEST_KEY, settings_with
 from tests.reference.layout import CASES, FIXTURES, materialize
@@ -35,6 +35,7 @@ pytestmark = pytest.mark.slow
 GOLDEN: list[dict[str, Any]] = json.loads(CASES.read_text())["cases"]
 BY_ID = {case["id"]: case for case in GOLDEN}
 MIN_COSINE = 0.99999
+THREADS = EngineSettings(workers="thread")
 # Cases also checked over HTTP: a wrapper with an instruction, a weighted mean without one,
 # and Gemma's first-token state (its wrapper adds a second BOS).
 SERVED_CASES = (
@@ -98,7 +99,8 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def engine(checkpoints: dict[str, Path]) -> Iterator[EmbeddingEngine]:
-    engine = EmbeddingEngine(settings_with(models=entries(checkpoints, GOLDEN)))
+    # One entry per golden case: model threads, not a worker process of torch each.
+    engine = EmbeddingEngine(settings_with(models=entries(checkpoints, GOLDEN), engine=THREADS))
     engine.start()
     try:
         engine.wait_loaded(timeout=600)
@@ -154,7 +156,7 @@ def test_served_over_http_equal_llm2vec(checkpoints: dict[str, Path]) -> None:
     cases = [BY_ID[i] for i in SERVED_CASES]
     plain = BY_ID["llama-3-instruct-mean-plain"]
     models = entries(checkpoints, [*cases, plain], normalize=True)
-    with run_gateway(settings_with(models=models), key=TEST_KEY) as gateway:
+    with run_gateway(settings_with(models=models, engine=THREADS), key=TEST_KEY) as gateway:
         client = OpenAI(base_url=gateway.v1, api_key=TEST_KEY, max_retries=0)
         for case in cases:
             out = client.embeddings.create(model=case["id"], input=case["texts"], encoding_format="float")

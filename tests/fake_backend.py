@@ -1,0 +1,211 @@
+"""The one test backend: a model part the test steers through files, so it works the same
+in a thread of the test process and in a worker process the engine spawned.
+
+`FakeLoader(control, real=True)` wraps the real tokenizer and model of each entry (tiny or
+MiniLM) and adds what tests need: a gate that holds the forward pass, a record of every
+batch (with the pid that ran it), inputs that make their batch raise, kill the worker or
+the model thread, and a row limit that raises out-of-memory. With `real=False` the parts
+are fakes instead (a word-hash tokenizer, hash vectors), for engine tests without weights.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from app.config import ModelSettings
+from app.models.protocol import BatchMemoryError, EmbeddingModel, EmbeddingTokenizer, TokenizedText
+
+POLL = 0.002
+
+
+class Fatal(BaseException):
+    """Not an Exception: escapes the per-batch handler, as a crash of the model thread would."""
+
+
+class Controls:
+    """One model's control directory; every method is safe across processes."""
+
+    def __init__(self, directory: Path | str) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, name: str) -> Path:
+        return self.dir / name
+
+    # -- the test's side ---------------------------------------------------------------------
+
+    def close_gate(self) -> None:
+        self._path("entered").unlink(missing_ok=True)
+        self._path("closed").touch()
+
+    def open_gate(self) -> None:
+        self._path("closed").unlink(missing_ok=True)
+
+    def wait_entered(self, timeout: float = 10) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self._path("entered").exists():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(POLL)
+        return True
+
+    def set(self, name: str, value: object) -> None:
+        """poison / kill: lists of token-id lists; memory_rows: int; fail: a message."""
+        tmp = self._path(f".{name}.tmp")
+        tmp.write_text(json.dumps(value))
+        tmp.replace(self._path(name))
+
+    def clear(self, name: str) -> None:
+        self._path(name).unlink(missing_ok=True)
+
+    def batches(self) -> list[dict[str, object]]:
+        """Every batch run so far: {"pid": ..., "rows": [[ids...], ...]}, in order."""
+        path = self._path("batches.jsonl")
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def forget_batches(self) -> None:
+        self._path("batches.jsonl").unlink(missing_ok=True)
+
+    # -- the model's side --------------------------------------------------------------------
+
+    def get(self, name: str) -> object:
+        path = self._path(name)
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def pass_gate(self) -> None:
+        self._path("entered").touch()
+        deadline = time.monotonic() + 30
+        while self._path("closed").exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError("the test never opened the gate")
+            time.sleep(POLL)
+
+    def record(self, batch: Sequence[TokenizedText]) -> None:
+        line = json.dumps({"pid": os.getpid(), "rows": [list(t.input_ids) for t in batch]})
+        with self._path("batches.jsonl").open("a") as out:
+            out.write(line + "\n")
+
+
+class ControlledModel:
+    """A model part (real or fake) run under the controls."""
+
+    def __init__(self, inner: EmbeddingModel, controls: Controls) -> None:
+        self.inner = inner
+        self.controls = controls
+        self.dimensions = inner.dimensions
+        self.device = inner.device
+
+    def embed(self, batch: Sequence[TokenizedText]) -> npt.NDArray[np.float32]:
+        c = self.controls
+        c.pass_gate()
+        rows = {tuple(t.input_ids) for t in batch}
+        if any(tuple(ids) in rows for ids in c.get("kill") or []):  # type: ignore[attr-defined]
+            if multiprocessing.parent_process() is not None:
+                os.kill(os.getpid(), signal.SIGKILL)  # a worker process dies as the OOM killer kills
+            raise Fatal
+        memory_rows = c.get("memory_rows")
+        if isinstance(memory_rows, int) and len(batch) > memory_rows:
+            raise BatchMemoryError("CUDA out of memory (simulated)")
+        c.record(batch)
+        fail = c.get("fail")
+        if isinstance(fail, str):
+            raise RuntimeError(fail)
+        if any(tuple(ids) in rows for ids in c.get("poison") or []):  # type: ignore[attr-defined]
+            raise RuntimeError("the forward pass failed")
+        return self.inner.embed(batch)
+
+
+class WordTokenizer:
+    """Fake tokenizer: one id per word (a hash), a leading id 1, truncation to max_length."""
+
+    def __init__(self, entry: ModelSettings, vocab_size: int = 1000) -> None:
+        self.max_length = entry.max_length
+        self.vocab_size = vocab_size
+
+    def _id(self, word: str) -> int:
+        return 2 + zlib.crc32(word.encode()) % (self.vocab_size - 2)
+
+    def tokenize(self, texts: Sequence[str], instruction: str) -> list[TokenizedText]:
+        result = []
+        for text in texts:
+            ids = [1, *(self._id(w) for w in f"{instruction} {text}".split())]
+            result.append(
+                TokenizedText(tuple(ids[: self.max_length]), min(len(ids), self.max_length), len(ids))
+            )
+        return result
+
+    def decode_ids(self, ids: Sequence[int]) -> str:
+        return " ".join(f"w{i}" for i in ids)
+
+
+class HashModel:
+    """Fake model part: each input's vector is a function of its ids alone."""
+
+    def __init__(self, dimensions: int, device: str) -> None:
+        self.dimensions = dimensions
+        self.device = device
+
+    def embed(self, batch: Sequence[TokenizedText]) -> npt.NDArray[np.float32]:
+        rows = []
+        for t in batch:
+            seed = zlib.crc32(np.asarray(t.input_ids, dtype=np.int64).tobytes())
+            rows.append(np.random.default_rng(seed).standard_normal(self.dimensions))
+        return np.asarray(rows, dtype=np.float32).reshape(len(batch), self.dimensions)
+
+
+@dataclass(frozen=True)
+class FakeLoader:
+    """The engine's loader for tests (picklable, so worker processes get it too).
+
+    `control`: a directory; each model gets `control/<name>` (see `controls()`).
+    `load_closed` there holds loading until the test removes it; `loads` counts loads.
+    """
+
+    control: str
+    real: bool = True
+    dimensions: int = 8
+
+    def controls(self, model: str) -> Controls:
+        return Controls(Path(self.control) / model)
+
+    def _loading(self, entry: ModelSettings, part: str) -> Controls:
+        controls = self.controls(entry.name)
+        with (controls.dir / "loads").open("a") as out:
+            out.write(f"{part}\n")
+        deadline = time.monotonic() + 60
+        while (controls.dir / "load_closed").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return controls
+
+    def load_tokenizer(self, entry: ModelSettings) -> EmbeddingTokenizer:
+        self._loading(entry, "tokenizer")
+        if not self.real:
+            return WordTokenizer(entry)
+        from app.models.registry import load_tokenizer
+
+        return load_tokenizer(entry)
+
+    def load_model(self, entry: ModelSettings) -> EmbeddingModel:
+        controls = self._loading(entry, "model")
+        if not self.real:
+            return ControlledModel(HashModel(self.dimensions, entry.device), controls)
+        from app.models.registry import load_model
+
+        return ControlledModel(load_model(entry), controls)
+
+    def loads(self, model: str) -> list[str]:
+        path = self.controls(model).dir / "loads"
+        return path.read_text().split() if path.exists() else []

@@ -1,0 +1,188 @@
+"""The engine without HTTP, on the shared test backend's fake parts (a word-hash tokenizer
+and hash vectors): dimensions, normalisation, backpressure, cancellation, deduplication, the
+batcher's wait for company, and the death of a model thread or worker process."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import pytest
+
+from app.config import EngineSettings, ModelSettings, Settings
+from app.engine.engine import EmbeddingEngine
+from app.errors import InternalServerError, InvalidRequestError, OverloadedError
+from tests.fake_backend import Controls, FakeLoader, WordTokenizer
+
+MODEL = "fake"
+DIMS = 8
+
+
+def make_engine(tmp: Path, workers: str = "thread", **engine: object) -> tuple[EmbeddingEngine, Controls]:
+    settings = Settings(
+        engine=EngineSettings(workers=workers, **engine),  # type: ignore[arg-type]
+        models=[ModelSettings(name=MODEL, base_model="fake", max_length=32, device="cpu")],
+    )
+    settings = msgspec.structs.replace(
+        settings, api=msgspec.structs.replace(settings.api, token_ids="native")
+    )
+    loader = FakeLoader(str(tmp), real=False, dimensions=DIMS)
+    engine_ = EmbeddingEngine(settings, loader)
+    engine_.start()
+    engine_.wait_loaded(120)
+    assert engine_.ready, engine_.status()
+    controls = loader.controls(MODEL)
+    controls.forget_batches()
+    return engine_, controls
+
+
+@pytest.fixture()
+def rig(tmp_path: Path) -> Iterator[tuple[EmbeddingEngine, Controls]]:
+    engine, controls = make_engine(tmp_path, max_batch_wait_ms=0)
+    yield engine, controls
+    controls.open_gate()
+    engine.stop()
+
+
+def run(coro: object) -> object:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def test_vectors_are_unit_length_and_cut_to_dimensions(rig: tuple[EmbeddingEngine, Controls]) -> None:
+    engine, _ = rig
+    full = run(engine.embed(MODEL, ["one text", "another one"])).vectors  # type: ignore[attr-defined]
+    assert full.shape == (2, DIMS)
+    np.testing.assert_allclose(np.linalg.norm(full, axis=1), 1.0, rtol=1e-6)
+    cut = run(engine.embed(MODEL, ["one text"], dimensions=3)).vectors  # type: ignore[attr-defined]
+    assert cut.shape == (1, 3)
+    assert np.linalg.norm(cut) == pytest.approx(1.0)
+    # The cut vector is the full one's first 3 components, renormalised.
+    raw = full[0, :3] / np.linalg.norm(full[0, :3])
+    np.testing.assert_allclose(cut[0], raw, rtol=1e-5)
+    with pytest.raises(InvalidRequestError, match="from 1 to 8 dimensions"):
+        run(engine.embed(MODEL, "x", dimensions=DIMS + 1))
+
+
+def test_identical_inputs_run_once_and_count_each_time(rig: tuple[EmbeddingEngine, Controls]) -> None:
+    engine, controls = rig
+    result = run(engine.embed(MODEL, ["same words", "same words", "other words"]))
+    assert [len(b["rows"]) for b in controls.batches()] == [2]  # type: ignore[arg-type]
+    assert result.prompt_tokens == 9  # type: ignore[attr-defined]
+    vectors = result.vectors  # type: ignore[attr-defined]
+    assert np.array_equal(vectors[0], vectors[1]) and not np.allclose(vectors[0], vectors[2])
+
+
+def test_a_full_queue_refuses_at_once(tmp_path: Path) -> None:
+    engine, controls = make_engine(tmp_path, max_queue_requests=2)
+
+    async def scenario() -> None:
+        controls.close_gate()
+        first = asyncio.ensure_future(engine.embed(MODEL, "first"))
+        assert await asyncio.to_thread(controls.wait_entered)
+        second = asyncio.ensure_future(engine.embed(MODEL, "second"))
+        await asyncio.sleep(0.1)
+        started = time.perf_counter()
+        with pytest.raises(OverloadedError) as refused:
+            await engine.embed(MODEL, "third")
+        assert time.perf_counter() - started < 0.5
+        assert refused.value.headers == {"Retry-After": "1"}
+        controls.open_gate()
+        await asyncio.gather(first, second)
+
+    try:
+        run(scenario())
+    finally:
+        controls.open_gate()
+        engine.stop()
+
+
+def test_a_cancelled_request_never_reaches_the_model(rig: tuple[EmbeddingEngine, Controls]) -> None:
+    engine, controls = rig
+
+    async def scenario() -> None:
+        controls.close_gate()
+        holder = asyncio.ensure_future(engine.embed(MODEL, "holds the model"))
+        assert await asyncio.to_thread(controls.wait_entered)
+        gone = asyncio.ensure_future(engine.embed(MODEL, "the client hangs up"))
+        await asyncio.sleep(0.1)
+        assert engine.queue_depth()[MODEL][0] == 1
+        gone.cancel()
+        await asyncio.sleep(0.05)
+        assert engine.queue_depth()[MODEL] == (0, 0)
+        controls.open_gate()
+        await holder
+        await engine.embed(MODEL, "a later request")
+
+    run(scenario())
+    rows = [tuple(r) for b in controls.batches() for r in b["rows"]]  # type: ignore[union-attr]
+    assert len(rows) == 2  # the holder and the later request, never the cancelled one
+
+
+def test_clients_of_the_last_batch_are_waited_for_a_lone_client_never(tmp_path: Path) -> None:
+    engine, controls = make_engine(tmp_path, max_batch_wait_ms=500)
+
+    async def scenario() -> float:
+        # A lone client never waits for company.
+        started = time.monotonic()
+        for i in range(3):
+            await engine.embed(MODEL, f"alone {i}")
+        lone = time.monotonic() - started
+        # Four clients served together once...
+        controls.close_gate()
+        blocker = asyncio.ensure_future(engine.embed(MODEL, "blocker"))
+        assert await asyncio.to_thread(controls.wait_entered)
+        first = [asyncio.ensure_future(engine.embed(MODEL, f"first {i}")) for i in range(4)]
+        await asyncio.sleep(0.1)
+        controls.open_gate()
+        await asyncio.gather(blocker, *first)
+        # ...then send their next requests 50 ms apart: one batch, not four.
+        second = []
+        for i in range(4):
+            second.append(asyncio.ensure_future(engine.embed(MODEL, f"second {i}")))
+            await asyncio.sleep(0.05)
+        await asyncio.gather(*second)
+        return lone
+
+    try:
+        assert run(scenario()) < 0.25  # three requests, none waited 0.5 s
+    finally:
+        engine.stop()
+    assert [len(b["rows"]) for b in controls.batches()] == [1, 1, 1, 1, 4, 4]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("workers", ["thread", "process"])
+def test_a_dead_model_fails_its_batch_at_once(tmp_path: Path, workers: str) -> None:
+    """A model thread that dies takes the model down; a worker process that dies is restarted."""
+    engine, controls = make_engine(tmp_path, workers=workers)
+    doomed = "this input kills the model"
+    controls.set("kill", [fake_ids(doomed)])
+
+    async def scenario() -> None:
+        started = time.perf_counter()
+        with pytest.raises(InternalServerError):
+            await asyncio.wait_for(engine.embed(MODEL, doomed), 10)
+        assert time.perf_counter() - started < 5
+        if workers == "thread":
+            assert engine.status()[MODEL].startswith("failed: model thread died")
+            with pytest.raises(OverloadedError):
+                await engine.embed(MODEL, "after the crash")
+        else:
+            assert engine.status()[MODEL].startswith("not serving: no worker serving")
+            assert not engine.ready
+            # Queued meanwhile, served by the restarted worker.
+            await asyncio.wait_for(engine.embed(MODEL, "after the crash"), 60)
+            assert engine.ready and engine.status()[MODEL] == "ready"
+
+    try:
+        run(scenario())
+    finally:
+        engine.stop()
+
+
+def fake_ids(text: str) -> list[int]:
+    tokenizer = WordTokenizer(ModelSettings(name=MODEL, base_model="fake"))
+    return list(tokenizer.tokenize([text], "")[0].input_ids)
