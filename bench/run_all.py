@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -343,18 +343,26 @@ def render_standin(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "absent"
+
+
 def _versions() -> str:
     names = [
         "torch",
         "transformers",
-        "llm2vec",
+        "peft",
+        "tokenizers",
         "litestar",
         "uvicorn",
         "msgspec",
         "flask",
         "sentence-transformers",
     ]
-    parts = [f"python {platform.python_version()}"] + [f"{n} {version(n)}" for n in names]
+    parts = [f"python {platform.python_version()}"] + [f"{n} {_version(n)}" for n in names]
     return ", ".join(parts)
 
 
