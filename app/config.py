@@ -134,6 +134,20 @@ class MetricsSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=Tr
     port: int = 9464
 
 
+class BatchSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    enabled: bool = True
+    # "" = the per-user data directory ($XDG_DATA_HOME or ~/.local/share)/llm2vec-gateway.
+    db_path: str = ""
+    files_dir: str = ""
+    # OpenAI's upload limits for batch input files.
+    max_file_bytes: int = 200 * 1024 * 1024
+    max_file_lines: int = 50_000
+    # Inputs the runner puts in flight at once, and how long it yields to queued
+    # interactive requests before it submits its next chunk anyway.
+    chunk_inputs: int = 32
+    max_yield_ms: float = 200.0
+
+
 class Settings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True):
     server: ServerSettings = ServerSettings()
     auth: AuthSettings = AuthSettings()
@@ -142,6 +156,7 @@ class Settings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True):
     models: list[ModelSettings] = []
     limits: LimitsSettings = LimitsSettings()
     metrics: MetricsSettings = MetricsSettings()
+    batch: BatchSettings = BatchSettings()
 
 
 def _parse_env_value(raw: str) -> Any:
@@ -222,7 +237,15 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
         raise ConfigError(str(exc)) from None
     _check(settings)
     _check_controls(settings)
+    _check_batch(settings.batch)
     return settings
+
+
+def _check_batch(batch: BatchSettings) -> None:
+    if min(batch.max_file_bytes, batch.max_file_lines, batch.chunk_inputs) < 1:
+        raise ConfigError("batch: max_file_bytes, max_file_lines and chunk_inputs must be at least 1")
+    if batch.max_yield_ms < 0:
+        raise ConfigError("batch.max_yield_ms: must be 0 or more")
 
 
 def _check_controls(settings: Settings) -> None:

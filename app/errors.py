@@ -8,6 +8,7 @@
     ├── NotFoundError                 404 (unknown route)
     │   └── ModelNotFoundError        404 code=model_not_found
     ├── MethodNotAllowedError         405
+    ├── ConflictError                 409 (e.g. cancelling a finished batch)
     ├── RequestTooLargeError          413
     ├── RateLimitError                429 rate_limit_exceeded
     ├── ClientDisconnectedError       499 (nginx's "client closed request"; never delivered, logged)
@@ -86,6 +87,11 @@ class ModelNotFoundError(NotFoundError):
 
 class MethodNotAllowedError(GatewayError):
     status_code = 405
+    error_type = "invalid_request_error"
+
+
+class ConflictError(GatewayError):
+    status_code = 409
     error_type = "invalid_request_error"
 
 
