@@ -15,7 +15,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 import msgspec
 import numpy as np
@@ -91,6 +91,23 @@ def parse_line(raw: bytes) -> ParsedLine:
     raw_input = line.body.get("input")
     inputs = len(raw_input) if isinstance(raw_input, list) and raw_input and not _is_int(raw_input[0]) else 1
     return ParsedLine(custom_id, msgspec.json.encode(line.body), None, max(1, inputs))
+
+
+def read_chunk(src: IO[bytes], max_inputs: int) -> tuple[list[ParsedLine], int]:
+    """Lines up to `max_inputs` inputs (at least one line); blank lines are skipped."""
+    chunk: list[ParsedLine] = []
+    consumed = inputs = 0
+    while inputs < max_inputs:
+        raw = src.readline()
+        if not raw:
+            break
+        consumed += len(raw)
+        if not raw.strip():
+            continue
+        parsed = parse_line(raw)
+        chunk.append(parsed)
+        inputs += parsed.inputs
+    return chunk, consumed
 
 
 def _is_int(value: object) -> bool:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from app.auth.keys import KeyIdentity
-from app.batches.lines import Embedder, LineResult, ParsedLine, parse_line, problem_line, run_line
+from app.batches.lines import Embedder, LineResult, ParsedLine, problem_line, read_chunk, run_line
 from app.batches.store import BatchRecord, BatchStatus, BatchStore, FileRecord, Progress, dumps, new_id, now
 from app.config import BatchSettings
 
@@ -171,7 +171,7 @@ class BatchRunner:
             out_bytes, err_bytes = job.output_bytes, job.error_bytes
             while True:
                 await self._check_stop(job)
-                chunk, consumed = _read_chunk(src, self._settings.chunk_inputs)
+                chunk, consumed = read_chunk(src, self._settings.chunk_inputs)
                 if not chunk:
                     return
                 await self._wait_for_tokens(job, key)
@@ -308,23 +308,6 @@ class BatchRunner:
         await asyncio.to_thread(
             self._store.settle, job.id, "failed", [], failed_at=now(), errors=dumps(errors)
         )
-
-
-def _read_chunk(src: IO[bytes], max_inputs: int) -> tuple[list[ParsedLine], int]:
-    """Lines up to `max_inputs` inputs (at least one line); blank lines are skipped."""
-    chunk: list[ParsedLine] = []
-    consumed = inputs = 0
-    while inputs < max_inputs:
-        raw = src.readline()
-        if not raw:
-            break
-        consumed += len(raw)
-        if not raw.strip():
-            continue
-        parsed = parse_line(raw)
-        chunk.append(parsed)
-        inputs += parsed.inputs
-    return chunk, consumed
 
 
 @contextlib.contextmanager
