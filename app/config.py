@@ -26,7 +26,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "default.to
 PoolingMode = Literal["mean", "weighted_mean", "eos_token", "last_token", "bos_token"]
 ModelKind = Literal["llm2vec", "encoder"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
-OnOverflow = Literal["truncate", "error"]
+OnOverflow = Literal["truncate", "error", "chunk"]
 LogFormat = Literal["text", "json"]
 OnStorageError = Literal["open", "closed"]
 

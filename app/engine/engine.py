@@ -22,6 +22,7 @@ import numpy.typing as npt
 
 from app.config import ModelSettings, Settings
 from app.engine.batcher import Batcher, Job, overloaded
+from app.engine.chunking import ChunkPlan, expand
 from app.engine.observer import EngineObserver, NullObserver
 from app.engine.token_inputs import NativeIds, TextInputs, TiktokenIds, TokenInputs, parse_input
 from app.errors import (
@@ -30,7 +31,7 @@ from app.errors import (
     ModelNotFoundError,
     OverloadedError,
 )
-from app.models.protocol import EmbeddingBackend, TokenizedText
+from app.models.protocol import EmbeddingBackend, ModelLoadError, TokenizedText
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +107,8 @@ class EmbeddingEngine:
         for slot in self._slots.values():
             try:
                 backend = loader(slot.entry)
+                if slot.entry.on_overflow == "chunk" and not hasattr(backend, "token_spans"):
+                    raise ModelLoadError(f"{slot.entry.name}: this backend cannot chunk over-long input")
                 self._warm_up(backend)
                 slot.backend = backend
                 slot.batcher = Batcher(
@@ -226,7 +229,7 @@ class EmbeddingEngine:
         loop = asyncio.get_running_loop()
         slot.pending += 1
         try:
-            tokenized = await loop.run_in_executor(
+            tokenized, plan = await loop.run_in_executor(
                 slot.tokenizer_thread, self._prepare, slot.entry, backend, raw_input, text
             )
             job = Job(tokenized, backend.dimensions, loop, request_id)
@@ -238,6 +241,8 @@ class EmbeddingEngine:
                 raise
         finally:
             slot.pending -= 1
+        if plan is not None:
+            vectors = plan.combine(vectors)
         if dimensions is not None:
             vectors = vectors[:, :dimensions]
         if served.entry.normalize:
@@ -266,10 +271,15 @@ class EmbeddingEngine:
         backend: EmbeddingBackend,
         raw_input: object,
         instruction: str,
-    ) -> list[TokenizedText]:
+    ) -> tuple[list[TokenizedText], ChunkPlan | None]:
         """On the tokenizer thread: validate `input`, tokenize, count, enforce the limits."""
         inputs = parse_input(raw_input, self._settings.api.max_inputs)
-        tokenized = backend.tokenize(self._texts(backend, inputs), instruction)
+        texts = self._texts(backend, inputs)
+        tokenized = backend.tokenize(texts, instruction)
+        plan = None
+        if entry.on_overflow == "chunk":
+            # The backend check at load makes sure it can tell where its tokens lie.
+            tokenized, plan = expand(backend, texts, tokenized, instruction, entry.max_length)  # type: ignore[arg-type]
         if entry.on_overflow == "error":
             longest = max(t.full_length for t in tokenized)
             if longest > entry.max_length:
@@ -278,7 +288,7 @@ class EmbeddingEngine:
         limit = self._settings.api.max_request_tokens
         if requested > limit:
             raise _too_many_tokens(requested, limit)
-        return tokenized
+        return tokenized, plan
 
 
 def _too_many_tokens(requested: int, limit: int) -> InvalidRequestError:

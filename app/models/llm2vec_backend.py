@@ -20,7 +20,7 @@ import torch
 
 from app.config import ModelSettings
 from app.models.protocol import ModelLoadError, TokenizedText
-from app.models.tokenization import tokenize_truncating
+from app.models.tokenization import token_spans, tokenize_truncating
 from app.models.torch_runtime import forward_context, pad_batch, pooled_mask, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
@@ -122,6 +122,10 @@ class LLM2VecBackend:
                 pooled = (states * weights.unsqueeze(-1)).sum(dim=1)
             result: npt.NDArray[np.float32] = pooled.cpu().numpy().astype(np.float32, copy=False)
             return result
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        """Where each token of `text` alone lies in it (for on_overflow = "chunk")."""
+        return token_spans(self._tokenizer, text)
 
     def decode_ids(self, ids: Sequence[int]) -> str:
         text: str = self._tokenizer.decode(list(ids))

@@ -21,3 +21,9 @@ def tokenize_truncating(
         again = tokenizer([prompts[i] for i in long_rows], truncation=True, max_length=max_length)
         cut = dict(zip(long_rows, again["input_ids"], strict=True))
     return [(tuple(cut.get(i, ids)), len(ids)) for i, ids in enumerate(full)]
+
+
+def token_spans(tokenizer: Any, text: str) -> list[tuple[int, int]]:
+    """(start, end) character offsets of each of the text's tokens, special tokens left out."""
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    return [(int(start), int(end)) for start, end in offsets]

@@ -1,0 +1,87 @@
+"""`on_overflow = "chunk"`: an input longer than the model's context becomes several windows.
+
+An over-long text is cut at token boundaries into windows that each fit `max_length` once
+the model's prompt (instruction, special tokens) is added; each window is tokenized as any
+input is, so an LLM2Vec instruction is repeated in every window and left out of its mean.
+The windows go to the batcher with everything else. The input's vector is the windows'
+vectors averaged with each window's pooled token count as its weight (for mean pooling,
+about the mean over all the text's tokens), then cut and normalised as usual. Every window's
+tokens count in `usage`. A window whose re-tokenization grows past `max_length` (a cut inside
+a word can tokenize differently) is truncated as usual.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from app.errors import InvalidRequestError
+from app.models.protocol import TokenizedText
+
+
+class WindowedBackend(Protocol):
+    def tokenize(self, texts: Sequence[str], instruction: str) -> list[TokenizedText]: ...
+    def token_spans(self, text: str) -> list[tuple[int, int]]: ...
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """Which rows of the batch belong to which input, and each row's weight."""
+
+    bounds: list[tuple[int, int]]
+    weights: npt.NDArray[np.float64]
+
+    def combine(self, vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        out = np.empty((len(self.bounds), vectors.shape[1]), dtype=np.float32)
+        for i, (start, end) in enumerate(self.bounds):
+            if end - start == 1:
+                out[i] = vectors[start]
+            else:
+                weights = self.weights[start:end]
+                out[i] = (vectors[start:end].astype(np.float64) * weights[:, None]).sum(
+                    axis=0
+                ) / weights.sum()
+        return out
+
+
+def text_windows(text: str, spans: Sequence[tuple[int, int]], budget: int) -> list[str]:
+    """The text cut before every `budget`-th token; the first window starts at the text's start."""
+    starts = [0] + [spans[k][0] for k in range(budget, len(spans), budget)]
+    return [text[a:b] for a, b in zip(starts, [*starts[1:], len(text)], strict=True)]
+
+
+def expand(
+    backend: WindowedBackend,
+    texts: Sequence[str],
+    tokenized: list[TokenizedText],
+    instruction: str,
+    max_length: int,
+) -> tuple[list[TokenizedText], ChunkPlan | None]:
+    """The rows to embed (over-long inputs replaced by their windows) and how to put the
+    inputs back together; no plan when every input fits."""
+    if all(t.full_length <= max_length for t in tokenized):
+        return tokenized, None
+    rows: list[TokenizedText] = []
+    bounds: list[tuple[int, int]] = []
+    for text, item in zip(texts, tokenized, strict=True):
+        start = len(rows)
+        if item.full_length <= max_length:
+            rows.append(item)
+        else:
+            spans = backend.token_spans(text)
+            # What the prompt adds around the text: instruction, special tokens, template.
+            budget = max_length - (item.full_length - len(spans))
+            if budget < 1:
+                raise InvalidRequestError(
+                    f"The instruction and special tokens alone fill the model's {max_length} tokens; "
+                    "no room is left to chunk the input.",
+                    param="input",
+                )
+            rows.extend(backend.tokenize(text_windows(text, spans, budget), instruction))
+        bounds.append((start, len(rows)))
+    weights = np.array([max(1, t.pooled) for t in rows], dtype=np.float64)
+    return rows, ChunkPlan(bounds, weights)
