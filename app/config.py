@@ -148,6 +148,17 @@ class BatchSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True
     max_yield_ms: float = 200.0
 
 
+class CacheSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    enabled: bool = False
+    # "memory" (this process) or "redis://[:password@]host:port[/db]" (shared by replicas).
+    storage: str = "memory"
+    max_entries: int = 100_000
+    # Redis only: entries expire after this many seconds (0 = never; Redis's maxmemory bounds it).
+    ttl_seconds: int = 0
+    timeout_seconds: float = 0.25
+    key_prefix: str = "GATEWAY:emb:"
+
+
 class Settings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True):
     server: ServerSettings = ServerSettings()
     auth: AuthSettings = AuthSettings()
@@ -157,6 +168,7 @@ class Settings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True):
     limits: LimitsSettings = LimitsSettings()
     metrics: MetricsSettings = MetricsSettings()
     batch: BatchSettings = BatchSettings()
+    cache: CacheSettings = CacheSettings()
 
 
 def _parse_env_value(raw: str) -> Any:
@@ -238,7 +250,15 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
     _check(settings)
     _check_controls(settings)
     _check_batch(settings.batch)
+    _check_cache(settings.cache)
     return settings
+
+
+def _check_cache(cache: CacheSettings) -> None:
+    if cache.storage != "memory" and cache.storage.partition("://")[0] not in ("redis", "rediss"):
+        raise ConfigError("cache.storage: expected memory, redis://... or rediss://...")
+    if cache.max_entries < 1 or cache.ttl_seconds < 0 or cache.timeout_seconds <= 0:
+        raise ConfigError("cache: max_entries at least 1, ttl_seconds 0 or more, timeout_seconds above 0")
 
 
 def _check_batch(batch: BatchSettings) -> None:
@@ -281,6 +301,7 @@ def masked(settings: Settings) -> dict[str, Any]:
     if data["auth"].get("admin_key") is not None:
         data["auth"]["admin_key"] = "***"
     data["limits"]["storage"] = _mask_url_password(data["limits"]["storage"])
+    data["cache"]["storage"] = _mask_url_password(data["cache"]["storage"])
     return data
 
 

@@ -126,6 +126,7 @@ def create_app(settings: Settings | None = None, engine: EmbeddingEngine | None 
                 stack.callback(task.cancel)
             app_engine.start()
             stack.callback(app_engine.stop)
+            stack.push_async_callback(app_engine.close_cache)
             freezer = asyncio.create_task(_freeze_after_load(app_engine), name="gc-freeze")
             stack.callback(freezer.cancel)
             if batches is not None:

@@ -22,6 +22,7 @@ import numpy.typing as npt
 
 from app.config import ModelSettings, Settings
 from app.engine.batcher import Batcher, Job, overloaded
+from app.engine.cache import make_cache, model_identity
 from app.engine.chunking import ChunkPlan, expand
 from app.engine.observer import EngineObserver, NullObserver
 from app.engine.token_inputs import NativeIds, TextInputs, TiktokenIds, TokenInputs, parse_input
@@ -85,6 +86,7 @@ class EmbeddingEngine:
             for alias in entry.aliases:
                 self._served[alias.name] = ServedModel(alias.name, entry, alias.instruction)
         self._tiktoken: TiktokenIds | None = None
+        self._cache = make_cache(settings.cache, observer)
         self._loading: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -146,6 +148,10 @@ class EmbeddingEngine:
     def wait_loaded(self, timeout: float | None = None) -> None:
         if self._loading is not None:
             self._loading.join(timeout)
+
+    async def close_cache(self) -> None:
+        if self._cache is not None:
+            await self._cache.close()
 
     def stop(self) -> None:
         for slot in self._slots.values():
@@ -232,13 +238,25 @@ class EmbeddingEngine:
             tokenized, plan = await loop.run_in_executor(
                 slot.tokenizer_thread, self._prepare, slot.entry, backend, raw_input, text
             )
-            job = Job(tokenized, backend.dimensions, loop, request_id)
-            batcher.submit(job)
-            try:
-                vectors = await job.future
-            except asyncio.CancelledError:
-                batcher.cancel(job)
-                raise
+            jobs: list[Job] = []
+
+            async def compute(rows: list[TokenizedText]) -> npt.NDArray[np.float32]:
+                job = Job(rows, backend.dimensions, loop, request_id)
+                jobs.append(job)
+                batcher.submit(job)
+                try:
+                    return await job.future
+                except asyncio.CancelledError:
+                    batcher.cancel(job)
+                    raise
+
+            if self._cache is None:
+                vectors = await compute(tokenized)
+            else:
+                identity = model_identity(served.name, served.entry, text)
+                vectors = await self._cache.through(
+                    served.name, identity, tokenized, backend.dimensions, compute
+                )
         finally:
             slot.pending -= 1
         if plan is not None:
@@ -248,11 +266,12 @@ class EmbeddingEngine:
         if served.entry.normalize:
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
             vectors = vectors / np.maximum(norms, 1e-12)
+        # Cache hits count as the model's work would: usage and rate limits see every row.
         return EmbeddingResult(
             vectors=np.ascontiguousarray(vectors, dtype=np.float32),
-            prompt_tokens=job.tokens,
-            queue_seconds=job.queue_seconds,
-            compute_seconds=job.compute_seconds,
+            prompt_tokens=sum(len(t.input_ids) for t in tokenized),
+            queue_seconds=jobs[0].queue_seconds if jobs else 0.0,
+            compute_seconds=jobs[0].compute_seconds if jobs else 0.0,
         )
 
     def _texts(self, backend: EmbeddingBackend, inputs: TextInputs | TokenInputs) -> list[str]:
