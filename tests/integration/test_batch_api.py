@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import numpy as np
 import openai
 import pytest
@@ -22,6 +23,13 @@ from tests.serving import Gateway, run_gateway
 
 OTHER_KEY = "sk-other-key-0123456789"
 _NONE = openai.types.BatchRequestCounts(total=0, completed=0, failed=0)
+_NO_USAGE = openai.types.BatchUsage(
+    input_tokens=0,
+    output_tokens=0,
+    total_tokens=0,
+    input_tokens_details={"cached_tokens": 0},
+    output_tokens_details={"reasoning_tokens": 0},
+)
 
 
 def batch_settings(tmp: Path, **changes: Any) -> BatchSettings:
@@ -280,3 +288,30 @@ def test_upload_size_limit_and_other_refusals(tmp_path: Path) -> None:
             httpx.get(f"{small.v1}/batches", params={"limit": 0}, headers=small.headers()).status_code == 400
         )
         assert httpx.get(f"{small.v1}/files", headers={}).status_code == 401
+
+
+def test_batch_tokens_count_against_the_keys_tpm(tmp_path: Path) -> None:
+    """The job's tokens are charged to its key: once they use up the window, the key's
+    interactive requests get 429 and the job waits for the next window instead of failing."""
+    auth = AuthSettings(keys=[ApiKey(name="tight", key=TEST_KEY, tpm=60)])
+    limits = msgspec.structs.replace(settings_with().limits, window_seconds=8)
+    settings = settings_with(auth=auth, limits=limits, batch=batch_settings(tmp_path, chunk_inputs=2))
+    with run_gateway(settings, key=TEST_KEY) as small:
+        sdk = client(small)
+        lines = [
+            request_line(f"t{i}", {"model": MINILM, "input": f"sentence number {i} of the job"})
+            for i in range(12)
+        ]
+        batch = sdk.batches.create(
+            input_file_id=upload(sdk, lines), endpoint="/v1/embeddings", completion_window="24h"
+        )
+        deadline = time.monotonic() + 30
+        while (sdk.batches.retrieve(batch.id).usage or _NO_USAGE).input_tokens < 60:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        with pytest.raises(openai.RateLimitError):
+            sdk.embeddings.create(model=MINILM, input="an interactive request")
+        done = wait_done(sdk, batch.id)
+        assert done.status == "completed" and done.request_counts is not None
+        assert (done.request_counts.completed, done.request_counts.failed) == (12, 0)
+        assert done.usage is not None and done.usage.input_tokens > 60  # more than one window
