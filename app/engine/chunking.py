@@ -6,8 +6,8 @@ input is, so an LLM2Vec instruction is repeated in every window and left out of 
 The windows go to the batcher with everything else. The input's vector is the windows'
 vectors averaged with each window's pooled token count as its weight (for mean pooling,
 about the mean over all the text's tokens), then cut and normalised as usual. Every window's
-tokens count in `usage`. A window whose re-tokenization grows past `max_length` (a cut inside
-a word can tokenize differently) is truncated as usual.
+tokens count in `usage`. The room for text is `max_length` less an empty text's prompt; a
+window that tokenizes longer than its share (a text cut apart can) shrinks the cut.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import numpy.typing as npt
 
 from app.errors import InvalidRequestError
 from app.models.protocol import TokenizedText
+
+_ATTEMPTS = 4
 
 
 class WindowedBackend(Protocol):
@@ -54,6 +56,28 @@ def text_windows(text: str, spans: Sequence[tuple[int, int]], budget: int) -> li
     return [text[a:b] for a, b in zip(starts, [*starts[1:], len(text)], strict=True)]
 
 
+def _windows(
+    backend: WindowedBackend, text: str, instruction: str, budget: int, max_length: int
+) -> list[TokenizedText]:
+    """The text's windows, tokenized; a text cut apart can tokenize longer than its pieces
+    did together, so the budget shrinks by the excess and the cut is tried again (a few times,
+    then what is still over is truncated)."""
+    spans = backend.token_spans(text)
+    for _ in range(_ATTEMPTS):
+        if budget < 1:
+            raise InvalidRequestError(
+                f"The instruction and special tokens alone fill the model's {max_length} tokens; "
+                "no room is left to chunk the input.",
+                param="input",
+            )
+        windows = backend.tokenize(text_windows(text, spans, budget), instruction)
+        excess = max(w.full_length for w in windows) - max_length
+        if excess <= 0:
+            break
+        budget -= excess
+    return windows
+
+
 def expand(
     backend: WindowedBackend,
     texts: Sequence[str],
@@ -67,21 +91,14 @@ def expand(
         return tokenized, None
     rows: list[TokenizedText] = []
     bounds: list[tuple[int, int]] = []
+    # What the prompt adds around the text (BOS, instruction, template): an empty text's prompt.
+    overhead = backend.tokenize([""], instruction)[0].full_length
     for text, item in zip(texts, tokenized, strict=True):
         start = len(rows)
         if item.full_length <= max_length:
             rows.append(item)
         else:
-            spans = backend.token_spans(text)
-            # What the prompt adds around the text: instruction, special tokens, template.
-            budget = max_length - (item.full_length - len(spans))
-            if budget < 1:
-                raise InvalidRequestError(
-                    f"The instruction and special tokens alone fill the model's {max_length} tokens; "
-                    "no room is left to chunk the input.",
-                    param="input",
-                )
-            rows.extend(backend.tokenize(text_windows(text, spans, budget), instruction))
+            rows.extend(_windows(backend, text, instruction, max_length - overhead, max_length))
         bounds.append((start, len(rows)))
     weights = np.array([max(1, t.pooled) for t in rows], dtype=np.float64)
     return rows, ChunkPlan(bounds, weights)
