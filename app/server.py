@@ -92,7 +92,12 @@ def create_app(settings: Settings | None = None, engine: EmbeddingEngine | None 
     if settings.batch.enabled:
         store = open_store(settings.batch.db_path, settings.batch.files_dir, dict(os.environ))
         runner = BatchRunner(
-            store, app_engine, settings.batch, queue_depth=app_engine.queue_depth, budget=limiter
+            store,
+            app_engine,
+            settings.batch,
+            queue_depth=app_engine.queue_depth,
+            budget=limiter,
+            ready=lambda: "loading" not in app_engine.status().values(),
         )
         batches = state.batches = BatchService(store, runner, settings.batch)
         handlers += [FilesController, BatchesController]

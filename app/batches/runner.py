@@ -69,12 +69,14 @@ class BatchRunner:
         *,
         queue_depth: Callable[[], dict[str, tuple[int, int]]] | None = None,
         budget: TokenBudget | None = None,
+        ready: Callable[[], bool] | None = None,
     ) -> None:
         self._store = store
         self._engine = engine
         self._settings = settings
         self._queue_depth = queue_depth
         self._budget = budget
+        self._ready = ready
         self._wake = asyncio.Event()
         self._cancels: set[str] = set()
         self._task: asyncio.Task[None] | None = None
@@ -174,6 +176,7 @@ class BatchRunner:
                 chunk, consumed = read_chunk(src, self._settings.chunk_inputs)
                 if not chunk:
                     return
+                await self._wait_for_models(job)
                 await self._wait_for_tokens(job, key)
                 await self._wait_for_quiet()
                 results = await self._run_chunk(job, chunk, key)
@@ -245,6 +248,13 @@ class BatchRunner:
         deadline = time.monotonic() + self._settings.max_yield_ms / 1000
         while any(requests for requests, _ in self._queue_depth().values()) and time.monotonic() < deadline:
             await asyncio.sleep(_QUIET_POLL_SECONDS)
+
+    async def _wait_for_models(self, job: BatchRecord) -> None:
+        """After a restart the job resumes before the models are loaded: wait for them rather
+        than fail its lines as 503s."""
+        while self._ready is not None and not self._ready():
+            await asyncio.sleep(0.5)
+            await self._check_stop(job)
 
     async def _wait_for_tokens(self, job: BatchRecord, key: KeyIdentity) -> None:
         while self._budget is not None:

@@ -165,3 +165,14 @@ def test_tokens_are_charged_to_the_owner_and_an_empty_window_is_waited_out(tmp_p
     assert {name for name, _ in budget.charged} == {"me"}
     assert sum(tokens for _, tokens in budget.charged) == sum(range(1, 6))
     assert store.get_batch("batch_1").tokens == 15  # type: ignore[union-attr]
+
+
+def test_a_resumed_job_waits_for_the_models_to_load(tmp_path: Path) -> None:
+    store = BatchStore(tmp_path / "db", tmp_path / "files")
+    make_job(store, 3)
+    loaded_at = time.monotonic() + 0.6
+    engine = Engine()
+    runner = BatchRunner(store, engine, BatchSettings(), ready=lambda: time.monotonic() >= loaded_at)
+    asyncio.run(runner.run_until_idle())
+    assert len(engine.calls) == 3 and min(t for t, _ in engine.calls) >= loaded_at
+    assert store.get_batch("batch_1").completed == 3  # type: ignore[union-attr]
