@@ -24,7 +24,7 @@ ENV_API_KEY = "GATEWAY_API_KEY"
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "default.toml"
 
 PoolingMode = Literal["mean", "weighted_mean", "eos_token", "last_token", "bos_token"]
-ModelKind = Literal["llm2vec", "encoder"]
+ModelKind = Literal["llm2vec", "llm2vec-gen", "encoder"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 OnOverflow = Literal["truncate", "error", "chunk"]
 LogFormat = Literal["text", "json"]
@@ -100,6 +100,8 @@ class ModelSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True
     base_model: str
     kind: ModelKind = "llm2vec"
     adapters: list[str] = []
+    # A hub revision (branch, tag or commit) for base_model and adapters; "" = the default branch.
+    revision: str = ""
     pooling: PoolingMode = "mean"
     max_length: int = 512
     on_overflow: OnOverflow = "truncate"
@@ -219,6 +221,11 @@ def _check(settings: Settings) -> None:
             raise ConfigError(f"models[{i}].max_length: must be at least 1")
         if model.kind == "encoder" and (model.adapters or model.pooling != "mean"):
             raise ConfigError(f"models[{i}]: encoder models take no adapters and only mean pooling")
+        if model.kind == "llm2vec-gen" and (model.adapters or model.pooling != "mean"):
+            raise ConfigError(
+                f"models[{i}]: llm2vec-gen models take no adapters (the checkpoint holds its own) and "
+                "no pooling (the checkpoint's encoding_mode decides it)"
+            )
     for i, key in enumerate(settings.auth.keys):
         if (key.sha256 is None) == (key.key is None):
             raise ConfigError(f"auth.keys[{i}]: give exactly one of sha256 or key")

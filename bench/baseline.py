@@ -1,8 +1,10 @@
 """BASELINE ONLY, not the gateway: the seed-style server this project replaces, kept so the
 benchmark can compare against it on the same machine, models and scenarios.
 
-A Flask app whose route calls `SentenceTransformer.encode()` / `LLM2Vec.encode()` once per
+A Flask app whose route calls `SentenceTransformer.encode()` / an LLM2Vec encode once per
 request, as the usual recipe does (no batching across requests, no auth, no validation).
+llm2vec itself no longer installs beside the gateway's stack, so the LLM2Vec model is the
+gateway's own loader, called per request in llm2vec encode()'s batches of 32.
 It answers in OpenAI's shape with float lists so the same load generator can check it.
 
     python -m bench.baseline --kind encoder --base bundled:all-MiniLM-L6-v2 --port 8100
@@ -27,15 +29,14 @@ def _load(kind: str, base: str, max_length: int) -> Any:
 
         model = SentenceTransformer(path, device="cpu" if not torch.cuda.is_available() else "cuda")
         return lambda texts: model.encode(texts, normalize_embeddings=True)
-    from llm2vec import LLM2Vec
+    from app.config import ModelSettings
+    from app.models.llm2vec_backend import LLM2VecBackend
 
-    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    l2v = LLM2Vec.from_pretrained(
-        path, enable_bidirectional=True, pooling_mode="mean", max_length=max_length, torch_dtype=dtype
-    )
+    backend = LLM2VecBackend(ModelSettings(name="baseline", base_model=base, max_length=max_length), path)
 
     def encode(texts: list[str]) -> Any:
-        vectors = l2v.encode(texts, batch_size=32, show_progress_bar=False).float().numpy()
+        rows = backend.tokenize(texts, "")
+        vectors = np.concatenate([backend.embed(rows[i : i + 32]) for i in range(0, len(rows), 32)])
         return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
     return encode

@@ -100,7 +100,7 @@ def make_llama_7b_shape(directory: Path) -> BenchModel:
             rope_theta=500000.0,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
-            torch_dtype="bfloat16",
+            dtype="bfloat16",
         )
         torch.manual_seed(0)
         with torch.device("cuda"):

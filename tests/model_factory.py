@@ -3,12 +3,15 @@
 `make_tokenizer` trains a small byte-level BPE tokenizer on a built-in corpus, so any text
 tokenizes without `<unk>`; `make_llm2vec_model` writes a base model directory (config,
 safetensors weights, tokenizer) and, optionally, a LoRA adapter directory whose weights
-really change the model's outputs.
+really change the model's outputs; `make_mntp_checkpoint` lays one out as McGill-NLP
+publishes LLM2Vec models (a -mntp directory with the MNTP LoRA, weights elsewhere).
+Families: Llama, Mistral, Gemma, Qwen2, Qwen3 (transformers' own classes).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -36,10 +39,13 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2Model,
+    Qwen3Config,
+    Qwen3Model,
 )
 
-Family = Literal["llama", "mistral", "gemma", "qwen2"]
-FAMILIES: tuple[Family, ...] = ("llama", "mistral", "gemma", "qwen2")
+Family = Literal["llama", "mistral", "gemma", "qwen2", "qwen3"]
+# Appended to, never reordered: the index seeds each family's weights.
+FAMILIES: tuple[Family, ...] = ("llama", "mistral", "gemma", "qwen2", "qwen3")
 
 BOS = "<s>"
 EOS = "</s>"
@@ -90,6 +96,17 @@ class TinyModel:
 
     base: Path
     adapter: Path | None
+    family: str
+
+
+@dataclass(frozen=True)
+class TinyCheckpoint:
+    """A published-style LLM2Vec model: `mntp` holds config, tokenizer and the MNTP LoRA
+    (whose base_model_name_or_path is `weights`), `adapter` the supervised LoRA."""
+
+    mntp: Path
+    weights: Path
+    adapter: Path
     family: str
 
 
@@ -164,6 +181,8 @@ def _config(
         # GemmaConfig defaults head_dim to 256 rather than hidden_size // heads, and warns
         # unless hidden_activation is given.
         return GemmaConfig(**common, head_dim=hidden_size // heads, hidden_activation="gelu_pytorch_tanh")
+    if family == "qwen3":
+        return Qwen3Config(**common, head_dim=hidden_size // heads, use_sliding_window=False)
     return Qwen2Config(**common, use_sliding_window=False)
 
 
@@ -172,6 +191,7 @@ _MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {
     "mistral": MistralModel,
     "gemma": GemmaModel,
     "qwen2": Qwen2Model,
+    "qwen3": Qwen3Model,
 }
 
 
@@ -224,3 +244,36 @@ def make_llm2vec_model(
         adapter_dir = directory / "adapter"
         get_peft_model(model, lora).save_pretrained(str(adapter_dir))
     return TinyModel(base=base_dir, adapter=adapter_dir, family=family)
+
+
+def _lora(model: PreTrainedModel, directory: Path, seed: int) -> None:
+    lora = LoraConfig(
+        r=4, lora_alpha=8, lora_dropout=0.0, target_modules=list(LORA_TARGETS), init_lora_weights=False
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        get_peft_model(model, lora).save_pretrained(str(directory))
+
+
+def make_mntp_checkpoint(
+    directory: Path, family: str, *, name_or_path: str = "", seed: int = 0, **sizes: Any
+) -> TinyCheckpoint:
+    """A tiny `-mntp` checkpoint laid out as McGill-NLP publishes them: the directory holds
+    config.json (naming the original model in `_name_or_path`, which picks llm2vec's prompt
+    wrapper), the tokenizer and the MNTP LoRA adapter, but no weights: those come from the
+    adapter's base model. A supervised LoRA goes to `directory/adapter`."""
+    directory = Path(directory)
+    tiny = make_llm2vec_model(directory, family, seed=seed, with_adapter=True, **sizes)
+    mntp = directory / "mntp"
+    mntp.mkdir(parents=True, exist_ok=True)
+    for file in tiny.base.iterdir():
+        if file.suffix != ".safetensors":
+            (mntp / file.name).write_bytes(file.read_bytes())
+    config = json.loads((mntp / "config.json").read_text())
+    config["_name_or_path"] = name_or_path
+    (mntp / "config.json").write_text(json.dumps(config, indent=2))
+    model = _MODEL_CLASSES[family].from_pretrained(tiny.base)
+    model.name_or_path = str(tiny.base)
+    _lora(model, mntp, seed=1000 + seed)
+    assert tiny.adapter is not None
+    return TinyCheckpoint(mntp=mntp, weights=tiny.base, adapter=tiny.adapter, family=family)

@@ -1,7 +1,7 @@
 """An embedding cache in front of the model: in this process (LRU) or in Redis (shared).
 
-A row's key is a SHA-256 of the served name, the weights' identity (base model, adapters,
-dtype), the instruction, the pooling, the pooled-token count and the exact input token ids;
+A row's key is a SHA-256 of the served name, the weights' identity (base model, revision,
+adapters, dtype), the instruction, the pooling, the pooled-token count and the exact input token ids;
 its value is the model's raw float32 vector, before `dimensions` and normalisation, so a hit
 gives byte-for-byte the answer the first request got. The engine still counts a hit's tokens
 in `usage`, so rate limits and billing see what OpenAI would. A cache that cannot be reached
@@ -40,6 +40,7 @@ def model_identity(served_name: str, entry: ModelSettings, instruction: str) -> 
         served_name,
         entry.kind,
         entry.base_model,
+        entry.revision,
         *entry.adapters,
         entry.dtype,
         entry.pooling,

@@ -24,8 +24,11 @@ class EncoderBackend:
         from transformers import AutoModel, AutoTokenizer
 
         self.device = resolve_device(settings.device)
-        self._tokenizer: Any = AutoTokenizer.from_pretrained(path)
-        model: Any = AutoModel.from_pretrained(path, torch_dtype=resolve_dtype(settings.dtype, self.device))
+        revision = settings.revision or None
+        self._tokenizer: Any = AutoTokenizer.from_pretrained(path, revision=revision)
+        model: Any = AutoModel.from_pretrained(
+            path, revision=revision, dtype=resolve_dtype(settings.dtype, self.device)
+        )
         self._model = model.to(self.device).eval()
         limit = int(getattr(self._model.config, "max_position_embeddings", settings.max_length))
         if settings.max_length > limit:

@@ -1,10 +1,13 @@
 """LLM2Vec models: a decoder LLM with bidirectional attention, LoRA adapters merged.
 
-Loading goes through llm2vec itself (its bidirectional classes and its prompt handling);
-serving does not use `LLM2Vec.encode()`, which moves the model every batch, shows progress
-bars and tokenizes text by text. Instead it tokenizes a whole batch at once and pools with
-the instruction left out, exactly as encode() does, but without llm2vec's in-band
-separator: a user text containing `!@#$%^&*()` cannot shift the pooled span.
+Loading and prompt building are the gateway's own reproduction of llm2vec 0.2.3
+(app/models/llm2vec). Serving does not copy `LLM2Vec.encode()`, which moves the model every
+batch, shows progress bars and tokenizes text by text: a whole batch is tokenized at once
+and pooled with the instruction left out, exactly as encode() does, but without llm2vec's
+in-band separator: a user text containing `!@#$%^&*()` cannot shift the pooled span.
+
+Two parts, so the weights can live apart from the tokenizer: `LLM2VecTokenizer` (prompts,
+token ids, no weights) and `LLM2VecModel` (the weights; sees only TokenizedText).
 """
 
 from __future__ import annotations
@@ -19,62 +22,38 @@ import numpy.typing as npt
 import torch
 
 from app.config import ModelSettings
+from app.models.llm2vec.loading import Checkpoint, check_bidirectional, inspect_checkpoint, load_model
+from app.models.llm2vec.prompts import (
+    cut_to_doc_max_length,
+    join_instruction,
+    prepare_for_tokenization,
+)
 from app.models.protocol import ModelLoadError, TokenizedText
 from app.models.tokenization import token_spans, tokenize_truncating
 from app.models.torch_runtime import forward_context, pad_batch, pooled_mask, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
-# llm2vec 0.2.3 ships bidirectional classes for these; its Qwen2 class stays causal.
-SUPPORTED_CONFIGS = {"LlamaConfig", "MistralConfig", "GemmaConfig"}
 
+class LLM2VecTokenizer:
+    """Builds llm2vec's prompts and tokenizes them; no weights."""
 
-def _check_architecture(base_model: str) -> None:
-    from transformers import AutoConfig
+    def __init__(self, settings: ModelSettings, checkpoint: Checkpoint) -> None:
+        from transformers import AutoTokenizer
 
-    config_name = type(AutoConfig.from_pretrained(base_model)).__name__
-    if config_name == "Qwen2Config":
-        raise ModelLoadError(
-            f"{base_model}: llm2vec 0.2.3's Qwen2 model keeps causal attention, so its embeddings "
-            "would silently differ from LLM2Vec's; Qwen2 models are refused"
-        )
-    if config_name not in SUPPORTED_CONFIGS:
-        raise ModelLoadError(
-            f"{base_model}: {config_name} has no bidirectional LLM2Vec class "
-            f"(supported: {', '.join(sorted(SUPPORTED_CONFIGS))})"
-        )
-
-
-class LLM2VecBackend:
-    """Serves one LLM2Vec model; thread-confined as the EmbeddingBackend protocol says."""
-
-    def __init__(self, settings: ModelSettings, path: str) -> None:
-        from llm2vec import LLM2Vec
-        from peft import PeftModel
-
-        _check_architecture(path)
-        self.device = resolve_device(settings.device)
-        dtype = resolve_dtype(settings.dtype, self.device)
-        l2v = LLM2Vec.from_pretrained(
-            path,
-            enable_bidirectional=True,
-            pooling_mode=settings.pooling,
-            max_length=settings.max_length,
-            torch_dtype=dtype,
-        )
-        model: Any = l2v.model
-        for adapter in settings.adapters:
-            model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-        self._model = model.to(self.device).eval()
-        self._l2v = l2v
-        self._tokenizer = l2v.tokenizer
+        self._tokenizer: Any = AutoTokenizer.from_pretrained(checkpoint.path, revision=checkpoint.revision)
+        # llm2vec pads with EOS, on the left.
+        self._tokenizer.pad_token = self._tokenizer.eos_token
+        self._tokenizer.padding_side = "left"
+        self._name_or_path = checkpoint.name_or_path
+        self._model_type = checkpoint.model_type
         self._pooling = settings.pooling
         self.max_length = settings.max_length
-        self.dimensions = int(self._model.config.hidden_size)
+        self._doc_max_length = checkpoint.doc_max_length
         self.vocab_size = len(self._tokenizer)
-        self._pad_id = int(self._tokenizer.pad_token_id)
-        # Marks where the text starts inside the prompt llm2vec builds; unguessable, so
-        # no input can contain it (llm2vec's own marker is a fixed, public string).
+        self.pad_id = int(self._tokenizer.pad_token_id)
+        # Marks where the text starts inside the prompt; unguessable, so no input can
+        # contain it (llm2vec's own marker is a fixed, public string).
         self._mark = f"\x00{secrets.token_hex(16)}\x00"
         if self._pooling == "bos_token":
             bos = self._tokenizer.bos_token_id
@@ -85,16 +64,34 @@ class LLM2VecBackend:
                     "input with a BOS token, and this one does not"
                 )
 
-    def _prompt(self, text: str, instruction: str) -> tuple[str, str]:
+    def prompt(self, text: str, instruction: str) -> tuple[str, str]:
         """(full prompt, pooled part), built as LLM2Vec.encode() builds them."""
-        joined = f"{instruction.strip()} {self._mark}{text}" if instruction else f"{self._mark}{text}"
-        prepared: str = self._l2v.prepare_for_tokenization(joined)
+        joined = join_instruction(instruction, self._mark, text)
+        prepared = prepare_for_tokenization(joined, self._name_or_path, self._model_type, self._pooling)
         before, _, after = prepared.partition(self._mark)
         return before + after, after
 
+    def _text_tokens(self, text: str) -> int:
+        ids = self._tokenizer(text, add_special_tokens=False, truncation=True, max_length=self.max_length)
+        return len(ids["input_ids"])
+
+    def _cut_long_texts(self, texts: Sequence[str]) -> list[str]:
+        """llm2vec cuts a text of over doc_max_length tokens by words before building the
+        prompt; only possible where max_length allows that many tokens."""
+        result = list(texts)
+        if self.max_length <= self._doc_max_length:
+            return result
+        # Every token covers at least one byte (plus, at most, a word-start marker), so only
+        # texts of more bytes than doc_max_length can be over it: short ones skip the count.
+        long_rows = [i for i, text in enumerate(texts) if len(text.encode()) + 2 > self._doc_max_length]
+        for i in long_rows:
+            result[i] = cut_to_doc_max_length(texts[i], self._text_tokens, self._doc_max_length)
+        return result
+
     def tokenize(self, texts: Sequence[str], instruction: str) -> list[TokenizedText]:
-        prompts = [self._prompt(text, instruction) for text in texts]
+        prompts = [self.prompt(text, instruction) for text in self._cut_long_texts(texts)]
         kept = tokenize_truncating(self._tokenizer, [p[0] for p in prompts], self.max_length)
+        # llm2vec's embed_mask: the last len(text tokens) positions of each row.
         pooled = self._tokenizer(
             [p[1] for p in prompts], add_special_tokens=False, truncation=True, max_length=self.max_length
         )["input_ids"]
@@ -102,6 +99,28 @@ class LLM2VecBackend:
             TokenizedText(input_ids=ids, pooled=len(span), full_length=n)
             for (ids, n), span in zip(kept, pooled, strict=True)
         ]
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        """Where each token of `text` alone lies in it (for on_overflow = "chunk")."""
+        return token_spans(self._tokenizer, text)
+
+    def decode_ids(self, ids: Sequence[int]) -> str:
+        text: str = self._tokenizer.decode(list(ids))
+        return text
+
+
+class LLM2VecModel:
+    """The bidirectional model and llm2vec's pooling over left-padded rows."""
+
+    def __init__(self, settings: ModelSettings, checkpoint: Checkpoint, pad_id: int) -> None:
+        self.device = resolve_device(settings.device)
+        dtype = resolve_dtype(settings.dtype, self.device)
+        model = load_model(checkpoint, list(settings.adapters), settings.revision or None, dtype, "sdpa")
+        self._model = model.to(self.device)
+        check_bidirectional(self._model, self.device)
+        self._pooling = settings.pooling
+        self._pad_id = pad_id
+        self.dimensions = int(self._model.config.hidden_size)
 
     def embed(self, batch: Sequence[TokenizedText]) -> npt.NDArray[np.float32]:
         with forward_context():
@@ -123,10 +142,27 @@ class LLM2VecBackend:
             result: npt.NDArray[np.float32] = pooled.cpu().numpy().astype(np.float32, copy=False)
             return result
 
+
+class LLM2VecBackend:
+    """Serves one LLM2Vec model; thread-confined as the EmbeddingBackend protocol says."""
+
+    def __init__(self, settings: ModelSettings, path: str) -> None:
+        checkpoint = inspect_checkpoint(path, settings.revision or None, list(settings.adapters))
+        self.tokenizer = LLM2VecTokenizer(settings, checkpoint)
+        self.model = LLM2VecModel(settings, checkpoint, self.tokenizer.pad_id)
+        self.max_length = self.tokenizer.max_length
+        self.vocab_size = self.tokenizer.vocab_size
+        self.dimensions = self.model.dimensions
+        self.device = self.model.device
+
+    def tokenize(self, texts: Sequence[str], instruction: str) -> list[TokenizedText]:
+        return self.tokenizer.tokenize(texts, instruction)
+
+    def embed(self, batch: Sequence[TokenizedText]) -> npt.NDArray[np.float32]:
+        return self.model.embed(batch)
+
     def token_spans(self, text: str) -> list[tuple[int, int]]:
-        """Where each token of `text` alone lies in it (for on_overflow = "chunk")."""
-        return token_spans(self._tokenizer, text)
+        return self.tokenizer.token_spans(text)
 
     def decode_ids(self, ids: Sequence[int]) -> str:
-        text: str = self._tokenizer.decode(list(ids))
-        return text
+        return self.tokenizer.decode_ids(ids)

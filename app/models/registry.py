@@ -29,6 +29,10 @@ def load_backend(settings: ModelSettings) -> EmbeddingBackend:
         from app.models.encoder_backend import EncoderBackend
 
         return EncoderBackend(settings, path)
+    if settings.kind == "llm2vec-gen":
+        from app.models.llm2vec_gen.backend import LLM2VecGenBackend
+
+        return LLM2VecGenBackend(settings, path)
     from app.models.llm2vec_backend import LLM2VecBackend
 
     return LLM2VecBackend(settings, path)
