@@ -12,16 +12,16 @@ from transformers import AutoTokenizer
 from app.engine.engine import EmbeddingEngine, EmbeddingResult
 from tests.conftest import settings_with
 from tests.model.conftest import entry
-from tests.model_factory import make_llm2vec_model
+from tests.model_factory import make_mntp_checkpoint
 
 MAX_LENGTH = 40
 INSTRUCTION = "Find it:"
 
 
 def test_windows_repeat_the_instruction_and_average_by_pooled_tokens(tmp_path: Path) -> None:
-    model = make_llm2vec_model(tmp_path, "llama")
+    model = make_mntp_checkpoint(tmp_path, "llama")
     settings = settings_with(models=[entry(model, "chunked", max_length=MAX_LENGTH, on_overflow="chunk")])
-    tokenizer = AutoTokenizer.from_pretrained(model.base)
+    tokenizer = AutoTokenizer.from_pretrained(model.mntp)
     text = " ".join(f"word{i % 7} and more" for i in range(20))
     spans = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     prompt = tokenizer(f"{INSTRUCTION} {text}")["input_ids"]
