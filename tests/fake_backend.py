@@ -60,6 +60,13 @@ class Controls:
             time.sleep(POLL)
         return True
 
+    def entered(self) -> bool:
+        """A forward pass has reached the gate since it was closed."""
+        return self._path("entered").exists()
+
+    def gate_closed(self) -> bool:
+        return self._path("closed").exists()
+
     def set(self, name: str, value: object) -> None:
         """poison / kill: lists of token-id lists; memory_rows: int; fail: a message."""
         tmp = self._path(f".{name}.tmp")
@@ -80,6 +87,14 @@ class Controls:
         self._path("batches.jsonl").unlink(missing_ok=True)
 
     # -- the model's side --------------------------------------------------------------------
+
+    def tokenize_calls(self) -> list[int]:
+        """How many texts each call of the tokenizer part got, in order."""
+        path = self._path("tokenize_calls")
+        return [int(n) for n in path.read_text().split()] if path.exists() else []
+
+    def forget_tokenize_calls(self) -> None:
+        self._path("tokenize_calls").unlink(missing_ok=True)
 
     def get(self, name: str) -> object:
         path = self._path(name)
@@ -126,6 +141,24 @@ class ControlledModel:
         if any(tuple(ids) in rows for ids in c.get("poison") or []):  # type: ignore[attr-defined]
             raise RuntimeError("the forward pass failed")
         return self.inner.embed(batch)
+
+
+class ControlledTokenizer:
+    """A tokenizer part (real or fake) that records how many texts each call gets."""
+
+    def __init__(self, inner: EmbeddingTokenizer, controls: Controls) -> None:
+        self.inner = inner
+        self.controls = controls
+        self.max_length = inner.max_length
+        self.vocab_size = inner.vocab_size
+
+    def tokenize(self, texts: Sequence[str], instruction: str) -> list[TokenizedText]:
+        with (self.controls.dir / "tokenize_calls").open("a") as out:
+            out.write(f"{len(texts)}\n")
+        return self.inner.tokenize(texts, instruction)
+
+    def decode_ids(self, ids: Sequence[int]) -> str:
+        return self.inner.decode_ids(ids)
 
 
 class WordTokenizer:
@@ -191,12 +224,12 @@ class FakeLoader:
         return controls
 
     def load_tokenizer(self, entry: ModelSettings) -> EmbeddingTokenizer:
-        self._loading(entry, "tokenizer")
+        controls = self._loading(entry, "tokenizer")
         if not self.real:
-            return WordTokenizer(entry)
+            return ControlledTokenizer(WordTokenizer(entry), controls)
         from app.models.registry import load_tokenizer
 
-        return load_tokenizer(entry)
+        return ControlledTokenizer(load_tokenizer(entry), controls)
 
     def load_model(self, entry: ModelSettings) -> EmbeddingModel:
         controls = self._loading(entry, "model")

@@ -12,53 +12,27 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import msgspec
-import numpy as np
-import numpy.typing as npt
 import pytest
 
-from app.config import MetricsSettings, ModelSettings
-from app.models.protocol import EmbeddingBackend, TokenizedText
-from app.models.registry import load_backend
+from app.config import MetricsSettings
+from app.models.registry import load_tokenizer
 from tests.conftest import MINILM, TEST_KEY, settings_with
+from tests.fake_backend import Controls, FakeLoader
 from tests.integration.test_metrics import samples, value
 from tests.processes import gateway_processes
 from tests.serving import Gateway, free_port, run_gateway
 
 
 @dataclass
-class _Gate:
-    """The real MiniLM backend whose forward passes wait for the test to open the gate."""
-
-    inner: EmbeddingBackend
-    open: threading.Event = field(default_factory=threading.Event)
-    running: threading.Event = field(default_factory=threading.Event)
-    seen: list[tuple[int, ...]] = field(default_factory=list)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def tokenize(self, texts: Sequence[str], instruction: str) -> list[TokenizedText]:
-        return self.inner.tokenize(texts, instruction)
-
-    def embed(self, batch: Sequence[TokenizedText]) -> npt.NDArray[np.float32]:
-        self.seen += [t.input_ids for t in batch]
-        self.running.set()
-        if not self.open.wait(30):
-            raise TimeoutError("the test never opened the gate")
-        return self.inner.embed(batch)
-
-
-@dataclass
 class Rig:
     gateway: Gateway
-    backend: _Gate
+    controls: Controls
     metrics_url: str
 
     def counted(self, status: str) -> float:
@@ -75,20 +49,15 @@ def _counted(exposition: str, status: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def rig() -> Iterator[Rig]:
-    gates: list[_Gate] = []
-
-    def loader(entry: ModelSettings) -> EmbeddingBackend:
-        gate = _Gate(load_backend(entry))
-        gate.open.set()  # for the warm-up
-        gates.append(gate)
-        return gate  # type: ignore[return-value]
-
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    """MiniLM in a worker process whose forward passes wait at the shared test gate."""
+    loader = FakeLoader(str(tmp_path_factory.mktemp("controls")))
     port = free_port()
     settings = settings_with(metrics=MetricsSettings(enabled=True, port=port))
     with run_gateway(settings, key=TEST_KEY, loader=loader) as gateway:
-        yield Rig(gateway, gates[0], f"http://127.0.0.1:{port}/metrics")
-        gates[0].open.set()
+        controls = loader.controls(MINILM)
+        yield Rig(gateway, controls, f"http://127.0.0.1:{port}/metrics")
+        controls.open_gate()
 
 
 def _head(body_length: int, request_id: str) -> bytes:
@@ -156,15 +125,14 @@ def test_leaving_while_the_body_is_read_is_499(rig: Rig, caplog: pytest.LogCaptu
 def test_leaving_while_queued_is_499_and_never_reaches_the_model(
     rig: Rig, caplog: pytest.LogCaptureFixture
 ) -> None:
-    rig.backend.open.clear()
-    rig.backend.running.clear()
+    rig.controls.close_gate()
     holder = threading.Thread(
         target=httpx.post,
         args=(f"{rig.gateway.v1}/embeddings",),
         kwargs={"headers": rig.gateway.headers(), "json": {"model": MINILM, "input": "hold"}, "timeout": 30},
     )
     holder.start()
-    assert rig.backend.running.wait(10)
+    assert rig.controls.wait_entered(10)
     before = rig.counted("499")
     queued_text = "queued behind the held batch, then abandoned"
     body = _body(queued_text)
@@ -180,32 +148,29 @@ def test_leaving_while_queued_is_499_and_never_reaches_the_model(
             # Dropped from the queue while the model is still busy with the other batch.
             assert rig.gateway.engine.queue_depth()[MINILM] == (0, 0)
     finally:
-        rig.backend.open.set()
+        rig.controls.open_gate()
         holder.join(30)
-    ids = rig.backend.inner.tokenize([queued_text], "")[0].input_ids
-    assert ids not in rig.backend.seen
+    ids = list(load_tokenizer(settings_with().models[0]).tokenize([queued_text], "")[0].input_ids)
+    assert all(ids not in batch["rows"] for batch in rig.controls.batches())  # type: ignore[operator]
     _no_failure_logged(caplog)
     _wait_for(lambda: rig.counted("499") == before + 1)
 
 
 def test_leaving_while_the_batch_runs_is_499_at_once(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
-    rig.backend.open.clear()
-    rig.backend.running.clear()
+    rig.controls.close_gate()
     before = rig.counted("499")
     body = _body(["a batch that runs", "while its client leaves"])
     try:
         with caplog.at_level(logging.INFO):
             asyncio.run(
-                _leave(
-                    rig.gateway.url, _head(len(body), "left-running"), body, then=rig.backend.running.is_set
-                )
+                _leave(rig.gateway.url, _head(len(body), "left-running"), body, then=rig.controls.entered)
             )
             # Logged while the batch is still held: the request does not wait for the model.
             line = _request_line(caplog, "left-running")
             assert " status=499 " in line, line
-            assert not rig.backend.open.is_set()
+            assert rig.controls.gate_closed()
     finally:
-        rig.backend.open.set()
+        rig.controls.open_gate()
     _no_failure_logged(caplog)
     _wait_for(lambda: rig.counted("499") == before + 1)
     response = httpx.post(

@@ -6,20 +6,16 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterator
 
 import httpx
 import msgspec
 import numpy as np
-import numpy.typing as npt
 import pytest
 
-from app.config import ApiSettings, ModelSettings
-from app.models.protocol import EmbeddingBackend, TokenizedText
-from app.models.registry import load_backend
+from app.config import ApiSettings
 from tests.conftest import MINILM, TEST_KEY, settings_with
+from tests.fake_backend import FakeLoader
 from tests.serving import Gateway, run_gateway
 
 STRICT = "minilm-strict"  # on_overflow = "error"
@@ -29,37 +25,14 @@ AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
 HUGE = "Every word of this sentence counts as a token or two. " * 260_000  # 14 MB
 
 
-@dataclass
-class _Recording:
-    """A real backend that records how many texts each tokenizer call gets, in order."""
-
-    inner: EmbeddingBackend
-    calls: list[int] = field(default_factory=list)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def tokenize(self, texts: Sequence[str], instruction: str) -> list[TokenizedText]:
-        self.calls.append(len(texts))
-        return self.inner.tokenize(texts, instruction)
-
-    def embed(self, batch: Sequence[TokenizedText]) -> npt.NDArray[np.float32]:
-        return self.inner.embed(batch)
-
-
-RECORDED: dict[str, _Recording] = {}
-
-
-def _loader(entry: ModelSettings) -> EmbeddingBackend:
-    backend = load_backend(entry)
-    if entry.name != SHORT:
-        return backend
-    RECORDED[SHORT] = _Recording(backend)
-    return RECORDED[SHORT]  # type: ignore[return-value]
+@pytest.fixture(scope="module")
+def loader(tmp_path_factory: pytest.TempPathFactory) -> FakeLoader:
+    """The shared test backend: here for its record of each tokenizer call."""
+    return FakeLoader(str(tmp_path_factory.mktemp("controls")))
 
 
 @pytest.fixture(scope="module")
-def gateway() -> Iterator[Gateway]:
+def gateway(loader: FakeLoader) -> Iterator[Gateway]:
     base = settings_with().models[0]
     settings = settings_with(
         api=ApiSettings(max_input_chars=MAX_INPUT_CHARS),
@@ -69,7 +42,7 @@ def gateway() -> Iterator[Gateway]:
             msgspec.structs.replace(base, name=SHORT, max_length=8),
         ],
     )
-    with run_gateway(settings, key=TEST_KEY, loader=_loader) as gw:
+    with run_gateway(settings, key=TEST_KEY, loader=loader) as gw:
         yield gw
 
 
@@ -88,17 +61,19 @@ def test_a_huge_input_is_truncated_and_counted_as_its_kept_tokens(gateway: Gatew
     np.testing.assert_allclose(huge.json()["data"][0]["embedding"], head["data"][0]["embedding"], atol=1e-5)
 
 
-def test_small_requests_are_tokenized_between_the_turns_of_a_big_one(gateway: Gateway) -> None:
+def test_small_requests_are_tokenized_between_the_turns_of_a_big_one(
+    gateway: Gateway, loader: FakeLoader
+) -> None:
     """2,000 texts of 1,700 characters (a short max_length
     keeps the forward passes cheap) are tokenized in turns: small requests sent meanwhile
     are tokenized between them, not after all of them."""
-    recording = RECORDED[SHORT]
+    controls = loader.controls(SHORT)
     big_inputs = [f"{i} " + HUGE[:1_700] for i in range(2_000)]
     done: list[httpx.Response] = []
     thread = threading.Thread(target=lambda: done.append(embed(gateway, big_inputs, model=SHORT)))
-    recording.calls.clear()
+    controls.forget_tokenize_calls()
     thread.start()
-    while not recording.calls:  # the big request has started tokenizing
+    while not controls.tokenize_calls():  # the big request has started tokenizing
         assert thread.is_alive()
         time.sleep(0.001)
     small = [embed(gateway, f"small request {i}", model=SHORT) for i in range(3)]
@@ -106,7 +81,7 @@ def test_small_requests_are_tokenized_between_the_turns_of_a_big_one(gateway: Ga
     assert all(r.status_code == 200 and r.json()["usage"]["prompt_tokens"] < 8 for r in small)
     assert done[0].status_code == 200, done[0].text
     assert done[0].json()["usage"]["prompt_tokens"] == 2_000 * 8
-    calls = recording.calls
+    calls = controls.tokenize_calls()
     assert sum(n for n in calls if n > 1) == 2_000 and len(calls) > 10  # the big one, in turns
     last_big = max(i for i, n in enumerate(calls) if n > 1)
     assert calls.index(1) < last_big, f"the first small request waited for all of the big one: {calls}"
