@@ -1,4 +1,4 @@
-"""python -m app serve | check-config | keys create|list|revoke"""
+"""python -m app serve | check-config | keys create|list|revoke | batch"""
 
 from __future__ import annotations
 
@@ -149,6 +149,57 @@ def _keys_revoke(args: argparse.Namespace) -> None:
     print(f"revoked key {args.name!r}; a running server refuses it within seconds", file=sys.stderr)
 
 
+def _batch(args: argparse.Namespace) -> None:
+    import asyncio
+
+    from app.batches.offline import errors_path, run_file, write_npy, write_parquet
+    from app.engine.engine import EmbeddingEngine
+    from app.logs import configure_logging
+
+    settings = _load(args.config)
+    configure_logging("warning", settings.server.log_format)
+    source, output = Path(args.input), Path(args.output)
+    if not source.is_file():
+        print(f"error: no such input file: {source}", file=sys.stderr)
+        raise SystemExit(2)
+    engine = EmbeddingEngine(settings)
+
+    async def run() -> int:
+        engine.start()
+        await asyncio.to_thread(engine.wait_loaded)
+        if not engine.ready:
+            print(f"error: the models did not load: {engine.status()}", file=sys.stderr)
+            return 2
+        summary = await run_file(
+            engine, source, output, chunk_inputs=settings.batch.chunk_inputs, progress=sys.stderr
+        )
+        print(
+            f"{summary.completed} lines done this run ({summary.done_before} already in {output}), "
+            f"{summary.failed} failed, {summary.tokens} tokens",
+            file=sys.stderr,
+        )
+        if summary.failed:
+            print(f"failed lines are in {errors_path(output)}; run again to retry them", file=sys.stderr)
+        return 1 if summary.failed else 0
+
+    try:
+        code = asyncio.run(run())
+    finally:
+        engine.stop()
+    try:
+        if args.npy:
+            print(f"{write_npy(output, Path(args.npy))} vectors written to {args.npy}", file=sys.stderr)
+        if args.parquet:
+            print(
+                f"{write_parquet(output, Path(args.parquet))} vectors written to {args.parquet}",
+                file=sys.stderr,
+            )
+    except (ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = code or 2
+    raise SystemExit(code)
+
+
 def _add_keys_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     keys = commands.add_parser("keys", help="manage API keys in the key file (auth.key_file)")
     actions = keys.add_subparsers(dest="action", required=True)
@@ -185,5 +236,14 @@ def main(argv: list[str] | None = None) -> None:
     check.add_argument("config", nargs="?", help="TOML settings (default: config/default.toml)")
     check.set_defaults(run=_check_config)
     _add_keys_commands(commands)
+    batch = commands.add_parser("batch", help="run a Batch API input file in this process (resumable)")
+    batch.add_argument("input", help="JSONL batch requests (OpenAI's batch input format)")
+    batch.add_argument(
+        "-o", "--output", required=True, help="JSONL results; failures go to <stem>.errors.jsonl"
+    )
+    batch.add_argument("--config", help="TOML settings (default: config/default.toml)")
+    batch.add_argument("--npy", help="also write every vector, in output order, as a float32 .npy")
+    batch.add_argument("--parquet", help="also write custom_id, index, embedding as Parquet (needs pyarrow)")
+    batch.set_defaults(run=_batch)
     args = parser.parse_args(argv)
     args.run(args)

@@ -30,7 +30,7 @@ DEFAULT_KEY_FILE = "$XDG_STATE_HOME/llm2vec-gateway/keys.json"
 PoolingMode = Literal["mean", "weighted_mean", "eos_token", "last_token", "bos_token"]
 ModelKind = Literal["llm2vec", "llm2vec-gen", "encoder"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
-OnOverflow = Literal["truncate", "error"]
+OnOverflow = Literal["truncate", "error", "chunk"]
 LogFormat = Literal["text", "json"]
 OnStorageError = Literal["open", "closed"]
 WorkerKind = Literal["process", "thread"]
@@ -164,6 +164,31 @@ class MetricsSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=Tr
     port: int = 9464
 
 
+class BatchSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    enabled: bool = True
+    # "" = the per-user data directory ($XDG_DATA_HOME or ~/.local/share)/llm2vec-gateway.
+    db_path: str = ""
+    files_dir: str = ""
+    # OpenAI's upload limits for batch input files.
+    max_file_bytes: int = 200 * 1024 * 1024
+    max_file_lines: int = 50_000
+    # Inputs the runner puts in flight at once, and how long it yields to queued
+    # interactive requests before it submits its next chunk anyway.
+    chunk_inputs: int = 32
+    max_yield_ms: float = 200.0
+
+
+class CacheSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    enabled: bool = False
+    # "memory" (this process) or "redis://[:password@]host:port[/db]" (shared by replicas).
+    storage: str = "memory"
+    max_entries: int = 100_000
+    # Redis only: entries expire after this many seconds (0 = never; Redis's maxmemory bounds it).
+    ttl_seconds: int = 0
+    timeout_seconds: float = 0.25
+    key_prefix: str = "GATEWAY:emb:"
+
+
 class Settings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True):
     server: ServerSettings = ServerSettings()
     auth: AuthSettings = AuthSettings()
@@ -172,6 +197,8 @@ class Settings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True):
     models: list[ModelSettings] = []
     limits: LimitsSettings = LimitsSettings()
     metrics: MetricsSettings = MetricsSettings()
+    batch: BatchSettings = BatchSettings()
+    cache: CacheSettings = CacheSettings()
 
 
 def _parse_env_value(raw: str) -> Any:
@@ -269,6 +296,8 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
         raise ConfigError(str(exc)) from None
     _check(settings)
     _check_controls(settings)
+    _check_batch(settings.batch)
+    _check_cache(settings.cache)
     if settings.auth.key_file:
         auth = msgspec.structs.replace(settings.auth, key_file=expand_path(settings.auth.key_file, env or {}))
         settings = msgspec.structs.replace(settings, auth=auth)
@@ -286,6 +315,20 @@ def expand_path(value: str, env: Mapping[str, str]) -> str:
     if value == "~" or value.startswith("~/"):
         return home + value[1:]
     return value
+
+
+def _check_cache(cache: CacheSettings) -> None:
+    if cache.storage != "memory" and cache.storage.partition("://")[0] not in ("redis", "rediss"):
+        raise ConfigError("cache.storage: expected memory, redis://... or rediss://...")
+    if cache.max_entries < 1 or cache.ttl_seconds < 0 or cache.timeout_seconds <= 0:
+        raise ConfigError("cache: max_entries at least 1, ttl_seconds 0 or more, timeout_seconds above 0")
+
+
+def _check_batch(batch: BatchSettings) -> None:
+    if min(batch.max_file_bytes, batch.max_file_lines, batch.chunk_inputs) < 1:
+        raise ConfigError("batch: max_file_bytes, max_file_lines and chunk_inputs must be at least 1")
+    if batch.max_yield_ms < 0:
+        raise ConfigError("batch.max_yield_ms: must be 0 or more")
 
 
 def _check_controls(settings: Settings) -> None:
@@ -321,6 +364,7 @@ def masked(settings: Settings) -> dict[str, Any]:
     if data["auth"].get("admin_key") is not None:
         data["auth"]["admin_key"] = "***"
     data["limits"]["storage"] = _mask_url_password(data["limits"]["storage"])
+    data["cache"]["storage"] = _mask_url_password(data["cache"]["storage"])
     return data
 
 

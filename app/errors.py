@@ -9,6 +9,7 @@
     │   └── ModelNotFoundError        404 code=model_not_found
     ├── MethodNotAllowedError         405
     ├── RequestTimeoutError           408 (a request not sent in time: app.framing)
+    ├── ConflictError                 409 (e.g. cancelling a finished batch)
     ├── RequestTooLargeError          413
     ├── HeadersTooLargeError          431 (request line and headers over server.max_header_bytes)
     ├── RateLimitError                429 rate_limit_exceeded
@@ -96,6 +97,11 @@ class MethodNotAllowedError(GatewayError):
 
 class RequestTimeoutError(GatewayError):
     status_code = 408
+    error_type = "invalid_request_error"
+
+
+class ConflictError(GatewayError):
+    status_code = 409
     error_type = "invalid_request_error"
 
 

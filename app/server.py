@@ -19,6 +19,7 @@ from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from prometheus_client import start_http_server
 
+from app.api.batch_routes import BatchesController, BatchService, FilesController
 from app.api.drain import Drain, DrainMiddleware
 from app.api.exception_handlers import exception_to_response
 from app.api.metrics import GatewayMetrics, metrics_endpoint
@@ -28,6 +29,8 @@ from app.api.routes import OpenAIController, health, provide_engine, provide_lim
 from app.auth.key_file import KeyFileWatcher, read_key_file, signature, stored_keys
 from app.auth.keys import KeyIdentity, KeyStore, StoredKey, digest, generate_key, keys_from_settings
 from app.auth.middleware import ApiKeyAuthMiddleware
+from app.batches.runner import BatchRunner
+from app.batches.store import open_store
 from app.config import Settings, expand_path, load_settings
 from app.engine.engine import BackendLoader, EmbeddingEngine
 
@@ -96,6 +99,19 @@ def create_app(
         auth = settings.auth
         state.admin_key_sha256 = auth.admin_key_sha256 or digest(auth.admin_key or "")
         handlers.append(metrics_endpoint)
+    batches: BatchService | None = None
+    if settings.batch.enabled:
+        store = open_store(settings.batch.db_path, settings.batch.files_dir, dict(os.environ))
+        runner = BatchRunner(
+            store,
+            app_engine,
+            settings.batch,
+            queue_depth=app_engine.queue_depth,
+            budget=limiter,
+            ready=lambda: "loading" not in app_engine.status().values(),
+        )
+        batches = state.batches = BatchService(store, runner, settings.batch)
+        handlers += [FilesController, BatchesController]
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -126,8 +142,14 @@ def create_app(
                 stack.callback(task.cancel)
             app_engine.start()
             stack.callback(app_engine.stop)
+            stack.push_async_callback(app_engine.close_cache)
             freezer = asyncio.create_task(_freeze_after_load(app_engine), name="gc-freeze")
             stack.callback(freezer.cancel)
+            if batches is not None:
+                # Jobs left active by the last run resume where their progress was committed.
+                batches.runner.start()
+                stack.callback(batches.store.close)
+                stack.push_async_callback(batches.runner.stop)
             yield
 
     return Litestar(

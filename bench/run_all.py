@@ -172,6 +172,30 @@ def _loadgen(url: str, model: str, scenario: Scenario, setup: Setup) -> dict[str
     return result
 
 
+def _batch_scenario(url: str, model: BenchModel, setup: Setup, lines: int) -> dict[str, Any]:
+    """The latency scenario again, with a Batch API job of `lines` requests running behind it."""
+    latency = SCENARIOS[0]
+    argv = _pinned(
+        setup.client_core,
+        "-m",
+        "bench.batch_scenario",
+        f"--url={url}",
+        f"--key={KEY}",
+        f"--model={model.name}",
+        f"--lines={lines}",
+        f"--latency-words={latency.words}",
+        f"--requests={latency.requests}",
+        f"--seconds={latency.seconds * setup.seconds_scale}",
+    ) + ([f"--client-core={setup.client_core}"] if setup.client_core is not None else [])
+    out = subprocess.run(argv, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=3600)
+    if out.returncode != 0:
+        last = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"
+        print(f"   batch during latency: failed: {last}", flush=True)
+        return {"error": last}
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
 def _serve(
     argv: list[str],
     ready_url: str,
@@ -179,8 +203,10 @@ def _serve(
     model: BenchModel,
     setup: Setup,
     scenarios: list[Scenario] = SCENARIOS,
+    batch_lines: int = 0,
 ) -> dict[str, Any]:
-    """Start a server, run every scenario against it, and read its memory."""
+    """Start a server, run every scenario against it, and read its memory; with
+    `batch_lines`, then the latency scenario again with a batch job running."""
     env = _env() | {"GATEWAY_API_KEY": KEY}
     log = Path(tempfile.mkdtemp()) / "server.log"
     with log.open("wb") as sink:
@@ -197,7 +223,11 @@ def _serve(
             for scenario in scenarios:
                 runs[scenario.name] = _loadgen(url, model.name, scenario, setup)
                 print(f"   {scenario.name}: {json.dumps(runs[scenario.name])}", flush=True)
-        return {"runs": runs, "rss_after_load": after_load, "rss_peak": sampler.peak}
+        result = {"runs": runs, "rss_after_load": after_load, "rss_peak": sampler.peak}
+        if batch_lines:
+            result["batch"] = _batch_scenario(url, model, setup, batch_lines)
+            print(f"   latency with a batch job: {json.dumps(result['batch'])}", flush=True)
+        return result
     finally:
         process.terminate()
         try:
@@ -206,7 +236,7 @@ def _serve(
             process.kill()
 
 
-def bench_model(model: BenchModel, setup: Setup) -> dict[str, Any]:
+def bench_model(model: BenchModel, setup: Setup, batch_lines: int = 0) -> dict[str, Any]:
     print(f"== {model.name}: in-process limit", flush=True)
     limit_argv = _pinned(
         setup.server_core,
@@ -228,7 +258,9 @@ def bench_model(model: BenchModel, setup: Setup) -> dict[str, Any]:
 
     print(f"== {model.name}: gateway", flush=True)
     port = _free_port()
-    config = Path(tempfile.mkdtemp()) / "bench.toml"
+    work = Path(tempfile.mkdtemp())
+    config = work / "bench.toml"
+    store = f'\n[batch]\ndb_path = "{work / "batches.sqlite3"}"\nfiles_dir = "{work / "files"}"\n'
     config.write_text(
         config_toml(
             model,
@@ -238,6 +270,7 @@ def bench_model(model: BenchModel, setup: Setup) -> dict[str, Any]:
             batch_tokens=setup.batch_tokens,
             batch_wait_ms=setup.batch_wait_ms,
         )
+        + store
     )
     url = f"http://127.0.0.1:{port}"
     gateway = _serve(
@@ -246,6 +279,7 @@ def bench_model(model: BenchModel, setup: Setup) -> dict[str, Any]:
         url,
         model,
         setup,
+        batch_lines=batch_lines,
     )
 
     print(f"== {model.name}: seed-style baseline", flush=True)
@@ -465,9 +499,28 @@ def render(results: dict[str, dict[str, Any]], command: str, setup: Setup) -> st
             f"(+{latency['p50_ms'] - single:.2f}) | {_verdict(latency['p50_ms'] <= single + 2)} |",
             f"| peak RSS <= 1.25 x after load | {1 + rss_growth:.2f} x | {_verdict(rss_growth <= 0.25)} |",
             f"| /health under full load < 50 ms | max {health:.1f} ms | {_verdict(health < 50)} |",
+            *_batch_rows(gateway.get("batch"), latency),
             "",
         ]
     return "\n".join(lines)
+
+
+def _batch_rows(batch: dict[str, Any] | None, alone: dict[str, Any]) -> list[str]:
+    """The latency scenario with a batch job running behind it, against the run without."""
+    if batch is None:
+        return []
+    if "error" in batch:
+        return [f"| latency with a batch job running | failed: {batch['error']} | MISSED |"]
+    during = batch["latency"]
+    p50, p99 = during["p50_ms"] / alone["p50_ms"], during["p99_ms"] / alone["p99_ms"]
+    note = "" if batch["batch_still_running_at_end_of_latency_run"] else " (the job ended first)"
+    return [
+        f"| latency p50 with a batch job running <= 1.25 x without | {during['p50_ms']:.2f} ms vs "
+        f"{alone['p50_ms']:.2f} ms ({p50:.2f} x; p99 {p99:.2f} x){note} | {_verdict(p50 <= 1.25)} |",
+        f"| batch job of {batch['batch_lines']} lines: every custom_id once | "
+        f"{batch['batch_lines_per_s']:.1f} lines/s, {batch['batch_lines_done_during_latency_run']} done "
+        f"during the latency run | {_verdict(batch['batch_every_custom_id_once'])} |",
+    ]
 
 
 def main() -> None:
@@ -477,6 +530,9 @@ def main() -> None:
     parser.add_argument("--batch-wait-ms", type=float, help="engine.max_batch_wait_ms for the gateway")
     parser.add_argument("--standin", action="store_true", help="only the stand-in model's scenarios")
     parser.add_argument("--no-standin", action="store_true", help="leave out the stand-in model")
+    parser.add_argument(
+        "--batch-lines", type=int, default=10_000, help="batch job run behind the latency scenario (0: none)"
+    )
     parser.add_argument("--out", default=str(ROOT / "bench" / "RESULTS.md"))
     parser.add_argument("--work", default=str(ROOT / "bench" / "out"), help="where models and raw results go")
     args = parser.parse_args()
@@ -493,6 +549,8 @@ def main() -> None:
     results = {model.name: bench_model(model, setup) for model in models}
     if not args.no_standin and not args.gpu:
         results[STANDIN.name] = bench_standin(setup)
+    models = [builders[name]() for name in args.models.split(",")]
+    results = {model.name: bench_model(model, setup, args.batch_lines) for model in models}
     work.mkdir(parents=True, exist_ok=True)
     (work / "results.json").write_text(json.dumps(results, indent=2))
     command = "python -m bench.run_all " + " ".join(sys.argv[1:])

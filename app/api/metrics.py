@@ -84,6 +84,12 @@ class GatewayMetrics:
         self.batch_duration = Histogram(
             "gateway_batch_duration_seconds", "Time per forward pass", ["model"], buckets=_SECONDS, registry=r
         )
+        self.cache_hits = Counter(
+            "gateway_cache_hits", "Inputs served from the embedding cache", ["model"], registry=r
+        )
+        self.cache_misses = Counter(
+            "gateway_cache_misses", "Inputs the embedding cache did not have", ["model"], registry=r
+        )
         self.queue_requests = Gauge("gateway_queue_requests", "Requests queued", ["model"], registry=r)
         self.queue_tokens = Gauge("gateway_queue_tokens", "Tokens queued", ["model"], registry=r)
         r.register(_ModelsLoaded(model_status))
@@ -120,6 +126,12 @@ class GatewayMetrics:
         self.batch_size.labels(model).observe(size)
         self.batch_tokens.labels(model).observe(padded_tokens)
         self.batch_duration.labels(model).observe(seconds)
+
+    def on_cache(self, model: str, hits: int, misses: int) -> None:
+        if hits:
+            self.cache_hits.labels(model).inc(hits)
+        if misses:
+            self.cache_misses.labels(model).inc(misses)
 
     def on_queue_depth(self, model: str, requests: int, tokens: int) -> None:
         self.queue_requests.labels(model).set(requests)

@@ -147,6 +147,24 @@ class RateLimiter:
         self._storage_ok()
         permit.headers.update(_headers("tokens", permit.tpm, used, reset))
 
+    # -- background work (batch jobs): tokens only, no request counted ------------------------
+
+    async def tokens_reset_in(self, key: KeyIdentity) -> float:
+        """0 while the key has tokens left in its window, else the seconds until it resets."""
+        _, tpm = self.limits_for(key)
+        if not tpm or not self._storage_usable():
+            return 0.0
+        try:
+            used, reset = await self._usage(self._item(tpm), "tokens", key.name)
+        except _STORAGE_ERRORS as exc:
+            self._storage_failed(exc, refuse=False)
+            return 0.0
+        return max(0.0, reset - time.time()) if used >= tpm else 0.0
+
+    async def charge_tokens(self, key: KeyIdentity, tokens: int) -> None:
+        _, tpm = self.limits_for(key)
+        await self.charge(Permit(key, "", 0, tpm), tokens)
+
     async def _admit(self, permit: Permit) -> RateLimitError | None:
         assert self._counter is not None
         name = permit.key.name

@@ -22,6 +22,8 @@ import numpy.typing as npt
 
 from app.config import ModelSettings, Settings
 from app.engine.batcher import Batcher, Job, overloaded
+from app.engine.cache import make_cache, model_identity
+from app.engine.chunking import ChunkPlan, expand, join_plans
 from app.engine.observer import EngineObserver, NullObserver
 from app.engine.token_inputs import NativeIds, TextInputs, TiktokenIds, TokenInputs, parse_input
 from app.engine.turns import Item, turns
@@ -32,7 +34,7 @@ from app.errors import (
     ModelNotFoundError,
     OverloadedError,
 )
-from app.models.protocol import BackendLoader, EmbeddingTokenizer, TokenizedText
+from app.models.protocol import BackendLoader, EmbeddingTokenizer, ModelLoadError, TokenizedText
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +95,7 @@ class EmbeddingEngine:
             for alias in entry.aliases:
                 self._served[alias.name] = ServedModel(alias.name, entry, alias.instruction)
         self._tiktoken: TiktokenIds | None = None
+        self._cache = make_cache(settings.cache, observer)
         self._loading: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -116,6 +119,8 @@ class EmbeddingEngine:
         for slot in self._slots.values():
             try:
                 tokenizer = loader.load_tokenizer(slot.entry)
+                if slot.entry.on_overflow == "chunk" and not hasattr(tokenizer, "token_spans"):
+                    raise ModelLoadError(f"{slot.entry.name}: this backend cannot chunk over-long input")
                 batcher = Batcher(
                     slot.entry.name,
                     max_batch_size=engine.max_batch_size,
@@ -159,6 +164,10 @@ class EmbeddingEngine:
     def wait_loaded(self, timeout: float | None = None) -> None:
         if self._loading is not None:
             self._loading.join(timeout)
+
+    async def close_cache(self) -> None:
+        if self._cache is not None:
+            await self._cache.close()
 
     def stop(self) -> None:
         for slot in self._slots.values():
@@ -259,44 +268,63 @@ class EmbeddingEngine:
         loop = asyncio.get_running_loop()
         slot.pending += 1
         try:
-            tokenized = await self._tokenize_in_turns(slot, tokenizer, raw_input, text)
-            job = Job(tokenized, model_dimensions, loop, request_id)
-            batcher.submit(job)
-            try:
-                vectors = await job.future
-            except asyncio.CancelledError:
-                batcher.cancel(job)
-                raise
+            tokenized, plan = await self._tokenize_in_turns(slot, tokenizer, raw_input, text)
+            jobs: list[Job] = []
+
+            async def compute(rows: list[TokenizedText]) -> npt.NDArray[np.float32]:
+                job = Job(rows, model_dimensions, loop, request_id)
+                jobs.append(job)
+                batcher.submit(job)
+                try:
+                    return await job.future
+                except asyncio.CancelledError:
+                    batcher.cancel(job)
+                    raise
+
+            if self._cache is None:
+                vectors = await compute(tokenized)
+            else:
+                identity = model_identity(served.name, served.entry, text)
+                vectors = await self._cache.through(
+                    served.name, identity, tokenized, model_dimensions, compute
+                )
         finally:
             slot.pending -= 1
+        if plan is not None:
+            vectors = plan.combine(vectors)
         if dimensions is not None:
             vectors = vectors[:, :dimensions]
         if served.entry.normalize:
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
             vectors = vectors / np.maximum(norms, 1e-12)
+        # Cache hits count as the model's work would: usage and rate limits see every row.
         return EmbeddingResult(
             vectors=np.ascontiguousarray(vectors, dtype=np.float32),
-            prompt_tokens=job.tokens,
-            queue_seconds=job.queue_seconds,
-            compute_seconds=job.compute_seconds,
+            prompt_tokens=sum(len(t.input_ids) for t in tokenized),
+            queue_seconds=jobs[0].queue_seconds if jobs else 0.0,
+            compute_seconds=jobs[0].compute_seconds if jobs else 0.0,
         )
 
     async def _tokenize_in_turns(
         self, slot: _Slot, tokenizer: EmbeddingTokenizer, raw_input: object, instruction: str
-    ) -> list[TokenizedText]:
+    ) -> tuple[list[TokenizedText], ChunkPlan | None]:
         """Validate `input`, tokenize, count, enforce the limits: on the model's tokenizer
         thread, one turn of inputs at a time (app.engine.turns), so no request holds the
-        thread from the others for long; the limits are checked after every turn."""
+        thread from the others for long; the limits are checked after every turn. With
+        `on_overflow = "chunk"`, the rows are the windows and the plan puts them together."""
         loop = asyncio.get_running_loop()
         inputs = await loop.run_in_executor(slot.tokenizer_thread, self._parse, raw_input)
         items: list[Item] = [*inputs.texts] if isinstance(inputs, TextInputs) else [*inputs.ids]
         tokenized: list[TokenizedText] = []
+        plans: list[tuple[int, ChunkPlan | None]] = []
         for turn in turns(items):
-            tokenized += await loop.run_in_executor(
+            rows, plan = await loop.run_in_executor(
                 slot.tokenizer_thread, self._tokenize_turn, slot.entry, tokenizer, turn, instruction
             )
+            plans.append((len(rows), plan))
+            tokenized += rows
             self._check_tokens(tokenized)
-        return tokenized
+        return tokenized, join_plans(plans, tokenized)
 
     def _parse(self, raw_input: object) -> TextInputs | TokenInputs:
         inputs = parse_input(raw_input, self._settings.api.max_inputs)
@@ -316,7 +344,7 @@ class EmbeddingEngine:
         tokenizer: EmbeddingTokenizer,
         items: list[Item],
         instruction: str,
-    ) -> list[TokenizedText]:
+    ) -> tuple[list[TokenizedText], ChunkPlan | None]:
         texts: list[str] = []
         for item in items:
             if isinstance(item, str):
@@ -326,13 +354,17 @@ class EmbeddingEngine:
                 texts.append(decoder.decode(item))
                 _check_input_chars(len(texts[-1]), self._settings.api.max_input_chars)
         tokenized = tokenizer.tokenize(texts, instruction)
+        plan = None
+        if entry.on_overflow == "chunk":
+            # The check at load makes sure the tokenizer can tell where its tokens lie.
+            tokenized, plan = expand(tokenizer, texts, tokenized, instruction, entry.max_length)  # type: ignore[arg-type]
         if entry.on_overflow == "error":
             longest = max(tokenized, key=lambda t: t.full_length)
             if longest.full_length > entry.max_length:
                 raise ContextLengthExceededError(
                     entry.max_length, longest.full_length, exact=longest.full_length_exact
                 )
-        return tokenized
+        return tokenized, plan
 
     def _check_tokens(self, tokenized: list[TokenizedText]) -> None:
         requested = sum(len(t.input_ids) for t in tokenized)

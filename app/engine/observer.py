@@ -18,10 +18,17 @@ class EngineObserver(Protocol):
         """The model's queue now holds `requests` requests totalling `tokens` tokens."""
         ...
 
+    def on_cache(self, model: str, hits: int, misses: int) -> None:
+        """A request's rows were looked up in the embedding cache."""
+        ...
+
 
 class NullObserver:
     def on_batch(self, model: str, size: int, padded_tokens: int, seconds: float) -> None:
         pass
 
     def on_queue_depth(self, model: str, requests: int, tokens: int) -> None:
+        pass
+
+    def on_cache(self, model: str, hits: int, misses: int) -> None:
         pass

@@ -15,7 +15,7 @@ import numpy.typing as npt
 
 from app.config import ModelSettings
 from app.models.protocol import ModelLoadError, TokenizedText
-from app.models.tokenization import tokenize_truncating
+from app.models.tokenization import token_spans, tokenize_truncating
 from app.models.torch_runtime import forward_context, pad_batch, resolve_device, resolve_dtype
 
 
@@ -42,6 +42,10 @@ class EncoderTokenizer:
             TokenizedText(input_ids=t.ids, pooled=len(t.ids), full_length=t.length, full_length_exact=t.exact)
             for t in tokenize_truncating(self._tokenizer, prompts, self.max_length)
         ]
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        """Where each token of `text` alone lies in it (for on_overflow = "chunk")."""
+        return token_spans(self._tokenizer, text)
 
     def decode_ids(self, ids: Sequence[int]) -> str:
         text: str = self._tokenizer.decode(list(ids), skip_special_tokens=True)

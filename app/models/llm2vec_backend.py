@@ -29,7 +29,7 @@ from app.models.llm2vec.prompts import (
     prepare_for_tokenization,
 )
 from app.models.protocol import ModelLoadError, TokenizedText
-from app.models.tokenization import tokenize_truncating
+from app.models.tokenization import token_spans, tokenize_truncating
 from app.models.torch_runtime import forward_context, pad_batch, pooled_mask, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
@@ -101,6 +101,10 @@ class LLM2VecTokenizer:
             for t, span in zip(kept, pooled, strict=True)
         ]
 
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        """Where each token of `text` alone lies in it (for on_overflow = "chunk")."""
+        return token_spans(self._tokenizer, text)
+
     def decode_ids(self, ids: Sequence[int]) -> str:
         text: str = self._tokenizer.decode(list(ids))
         return text
@@ -157,6 +161,9 @@ class LLM2VecBackend:
 
     def embed(self, batch: Sequence[TokenizedText]) -> npt.NDArray[np.float32]:
         return self.model.embed(batch)
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        return self.tokenizer.token_spans(text)
 
     def decode_ids(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode_ids(ids)

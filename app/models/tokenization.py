@@ -126,3 +126,9 @@ def _cuts(
         stable = windows[n + i] > 1 and head == longer
         results.append(Truncation(tuple(longer), max_length + 1, exact=False) if stable else None)
     return results
+
+
+def token_spans(tokenizer: Any, text: str) -> list[tuple[int, int]]:
+    """(start, end) character offsets of each of the text's tokens, special tokens left out."""
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    return [(int(start), int(end)) for start, end in offsets]
