@@ -29,8 +29,18 @@ def resolve_path(base_model: str) -> str:
     return str(package.get_model_path())
 
 
+def _quiet_transformers() -> None:
+    """No progress bars from transformers: a server's output is its log, and a bar written
+    without a newline by a model worker (which shares the server's stderr) ran into the next
+    log line, breaking one-JSON-object-per-line logs."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+
+
 def load_tokenizer(settings: ModelSettings) -> EmbeddingTokenizer:
     """The tokenizer part (no weights): what the gateway process loads."""
+    _quiet_transformers()
     path = resolve_path(settings.base_model)
     if settings.kind == "encoder":
         from app.models.encoder_backend import EncoderTokenizer
@@ -49,6 +59,7 @@ def load_tokenizer(settings: ModelSettings) -> EmbeddingTokenizer:
 
 def load_model(settings: ModelSettings) -> EmbeddingModel:
     """The model part (the weights) on `settings.device`: what a model worker loads."""
+    _quiet_transformers()
     path = resolve_path(settings.base_model)
     if settings.kind == "encoder":
         from app.models.encoder_backend import EncoderModel
