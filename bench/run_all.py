@@ -546,11 +546,9 @@ def main() -> None:
         "llama7b": lambda: make_llama_7b_shape(work / "llama-7b-shape"),
     }
     models = [] if args.standin else [builders[name]() for name in args.models.split(",")]
-    results = {model.name: bench_model(model, setup) for model in models}
+    results = {model.name: bench_model(model, setup, args.batch_lines) for model in models}
     if not args.no_standin and not args.gpu:
         results[STANDIN.name] = bench_standin(setup)
-    models = [builders[name]() for name in args.models.split(",")]
-    results = {model.name: bench_model(model, setup, args.batch_lines) for model in models}
     work.mkdir(parents=True, exist_ok=True)
     (work / "results.json").write_text(json.dumps(results, indent=2))
     command = "python -m bench.run_all " + " ".join(sys.argv[1:])
