@@ -159,7 +159,10 @@ class ProcessWorker:
         self._outbox.put(channel.encode_stop())
         self._outbox.put(None)
         if self._process is not None:
-            self._process.join(5)
+            # Nothing it still computes is awaited (requests were answered or cut short
+            # before the engine stops), and a shutdown has a deadline: a worker that has not
+            # exited on its stop message within half a second is killed.
+            self._process.join(0.5)
             if self._process.is_alive():
                 self._process.kill()
                 self._process.join(5)
