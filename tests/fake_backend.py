@@ -117,9 +117,12 @@ class Controls:
 class ControlledModel:
     """A model part (real or fake) run under the controls."""
 
-    def __init__(self, inner: EmbeddingModel, controls: Controls) -> None:
+    def __init__(
+        self, inner: EmbeddingModel, controls: Controls, forward_seconds: tuple[float, float] = (0.0, 0.0)
+    ) -> None:
         self.inner = inner
         self.controls = controls
+        self.forward_seconds = forward_seconds
         self.dimensions = inner.dimensions
         self.device = inner.device
 
@@ -140,6 +143,9 @@ class ControlledModel:
             raise RuntimeError(fail)
         if any(tuple(ids) in rows for ids in c.get("poison") or []):  # type: ignore[attr-defined]
             raise RuntimeError("the forward pass failed")
+        fixed, per_token = self.forward_seconds
+        if fixed or per_token:  # a forward that takes longer the more padded tokens it has
+            time.sleep(fixed + per_token * max(len(t.input_ids) for t in batch) * len(batch))
         return self.inner.embed(batch)
 
 
@@ -212,6 +218,8 @@ class FakeLoader:
     dimensions: int = 8
     # The real tokenizer with hash vectors of `dimensions`: a forward pass that costs nothing.
     cheap_forward: bool = False
+    # (fixed seconds, seconds per padded token) each forward pass sleeps: a model's speed.
+    forward_seconds: tuple[float, float] = (0.0, 0.0)
 
     def controls(self, model: str) -> Controls:
         return Controls(Path(self.control) / model)
@@ -236,10 +244,10 @@ class FakeLoader:
     def load_model(self, entry: ModelSettings) -> EmbeddingModel:
         controls = self._loading(entry, "model")
         if not self.real or self.cheap_forward:
-            return ControlledModel(HashModel(self.dimensions, entry.device), controls)
+            return ControlledModel(HashModel(self.dimensions, entry.device), controls, self.forward_seconds)
         from app.models.registry import load_model
 
-        return ControlledModel(load_model(entry), controls)
+        return ControlledModel(load_model(entry), controls, self.forward_seconds)
 
     def loads(self, model: str) -> list[str]:
         path = self.controls(model).dir / "loads"

@@ -2,8 +2,10 @@
 requests, from which the model's workers take batches up to a token budget.
 
 As in text-embeddings-inference: requests arrive already tokenized and counted; a worker
-takes the oldest queued input plus those nearest to it in length (app.engine.planning),
-identical inputs once, and each request is answered when its last input is done. Workers
+takes the next request's input plus those nearest to it in length (app.engine.planning:
+small requests first, so none waits behind a big one's rows; the oldest first after a
+bound), identical inputs once, and each request is answered when its last input is done.
+While interactive requests are about, forwards are kept short (app.engine.pacing). Workers
 (app.engine.workers) run the batches, in a thread or in a worker process; a batch that
 fails fails only the requests in it.
 """
@@ -22,7 +24,8 @@ import numpy as np
 import numpy.typing as npt
 
 from app.engine.observer import EngineObserver
-from app.engine.planning import select_batch
+from app.engine.pacing import ForwardPace
+from app.engine.planning import first_input, select_batch
 from app.errors import GatewayError, InternalServerError, OverloadedError
 from app.models.protocol import TokenizedText
 
@@ -96,6 +99,11 @@ class Job:
             self.loop.call_soon_threadsafe(resolve)
 
 
+def padded_tokens(rows: Sequence[TokenizedText]) -> int:
+    """What a forward over `rows` costs: the longest row times the count."""
+    return max((len(t.input_ids) for t in rows), default=0) * len(rows)
+
+
 @dataclass(eq=False, slots=True)
 class Item:
     job: Job
@@ -111,6 +119,8 @@ class Batch:
     items: list[Item]
     rows: list[TokenizedText]
     where: list[int]
+    # The padded-token budget it was planned under (0: not planned from the queue).
+    budget: int = 0
 
     @classmethod
     def of(cls, items: list[Item]) -> Batch:
@@ -125,7 +135,7 @@ class Batch:
 
     @property
     def padded_tokens(self) -> int:
-        return max(len(t.input_ids) for t in self.rows) * len(self.rows)
+        return padded_tokens(self.rows)
 
     def halves(self) -> tuple[Batch, Batch]:
         """Two batches of about half the rows each, for a batch that ran out of memory."""
@@ -149,6 +159,8 @@ class Batcher:
         max_queue_tokens: int,
         observer: EngineObserver,
         max_wait_seconds: float = 0.0,
+        max_batch_seconds: float = 0.0,
+        oldest_first_seconds: float = 2.0,
     ) -> None:
         self.model = model
         self.max_batch_size = max_batch_size
@@ -156,6 +168,8 @@ class Batcher:
         self._max_queue_tokens = max_queue_tokens
         self._observer = observer
         self._max_wait = max_wait_seconds
+        self._oldest_first = oldest_first_seconds
+        self._pace = ForwardPace(max_batch_tokens, max_batch_seconds)
         # How many requests the last batch served: evidence of how many clients are active.
         self._expected_jobs = 1
         self.cond = threading.Condition()
@@ -176,6 +190,16 @@ class Batcher:
             self.cond.notify_all()
 
     @property
+    def interactive(self) -> bool:
+        """Interactive requests were seen lately: forwards are kept short. The caller holds the lock."""
+        return self._pace.interactive(time.perf_counter())
+
+    def warmed_up(self, padded_tokens: int, seconds: float) -> None:
+        """A worker's warm-up forward: the model's first speed estimate."""
+        with self.cond:
+            self._pace.completed(padded_tokens, seconds, self.max_batch_tokens)
+
+    @property
     def depth(self) -> tuple[int, int]:
         """(requests, tokens) waiting in the queue."""
         with self.cond:
@@ -192,6 +216,7 @@ class Batcher:
             if self._queue and self._queued_tokens + job.tokens > self._max_queue_tokens:
                 raise overloaded()
             job.enqueued = time.perf_counter()
+            self._pace.request(job.tokens, job.enqueued)
             self._queue.extend(Item(job, i, text) for i, text in enumerate(job.items))
             self._queued_tokens += job.tokens
             self._queued_jobs.add(job)
@@ -231,11 +256,17 @@ class Batcher:
                 self._wait_for_company()
                 if self.stopping or not running():
                     return None
-                picked = select_batch(
-                    [len(item.text.input_ids) for item in self._queue],
-                    self.max_batch_size,
-                    self.max_batch_tokens,
+                now = time.perf_counter()
+                budget = self._pace.cap(now)
+                lengths = [len(item.text.input_ids) for item in self._queue]
+                first = first_input(
+                    lengths,
+                    [item.job for item in self._queue],
+                    now - self._queue[0].job.enqueued,
+                    self._oldest_first,
+                    budget,
                 )
+                picked = select_batch(lengths, self.max_batch_size, budget, first)
                 chosen = set(picked)
                 items = [self._queue[i] for i in picked]
                 self._queue = [item for i, item in enumerate(self._queue) if i not in chosen]
@@ -250,7 +281,9 @@ class Batcher:
                 for item in live:
                     if item.job.started is None:
                         item.job.started = started
-                return Batch.of(live)
+                batch = Batch.of(live)
+                batch.budget = budget
+                return batch
 
     def _wait_for_company(self) -> None:
         """Wait briefly for the clients the last batch served to send their next requests.
@@ -277,6 +310,7 @@ class Batcher:
         self._observer.on_batch(self.model, len(batch.rows), batch.padded_tokens, seconds)
         done = []
         with self.cond:  # several workers may complete parts of one job
+            self._pace.completed(batch.padded_tokens, seconds, batch.budget)
             for item, row in zip(batch.items, batch.where, strict=True):
                 item.job.vectors[item.index] = vectors[row]
                 item.job.remaining -= 1

@@ -128,6 +128,8 @@ class EmbeddingEngine:
                     max_queue_tokens=engine.max_queue_tokens,
                     observer=self._observer,
                     max_wait_seconds=engine.max_batch_wait_ms / 1000,
+                    max_batch_seconds=engine.max_batch_ms / 1000,
+                    oldest_first_seconds=engine.oldest_first_ms / 1000,
                 )
                 pool = ModelPool(
                     slot.entry,

@@ -1,32 +1,67 @@
-"""Which queued inputs go into the next forward pass: a pure function, tested on its own."""
+"""Which queued inputs go into the next forward pass: pure functions, tested on their own."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 # Look-ahead: how many of the oldest queued inputs the planner considers for one batch.
 # Enough to group lengths well; bounded so planning stays cheap however long the queue is.
 WINDOW_PER_ROW = 8
 
 
-def select_batch(lengths: Sequence[int], max_batch_size: int, max_batch_tokens: int) -> list[int]:
+def first_input(
+    lengths: Sequence[int],
+    owners: Sequence[Hashable],
+    oldest_waited: float,
+    max_wait: float,
+    max_batch_tokens: int,
+) -> int:
+    """Index of the input that seeds the next batch (queued inputs, oldest first).
+
+    Request-level fairness: requests whose queued inputs all fit in one batch go first, in
+    arrival order; then the others, least queued tokens first. So a one-text request goes
+    into the very next forward pass however many rows a bigger request queued before it,
+    and requests of equal size keep their arrival order. Starvation is bounded: once the
+    oldest input has waited `max_wait` seconds it goes first again. `owners[i]` is the
+    request of input i; `oldest_waited` is how long the oldest input has been queued.
+    """
+    if not lengths or oldest_waited >= max_wait:
+        return 0
+    work: dict[Hashable, int] = {}
+    first: dict[Hashable, int] = {}
+    for i, (owner, length) in enumerate(zip(owners, lengths, strict=True)):
+        work[owner] = work.get(owner, 0) + length
+        first.setdefault(owner, i)
+
+    def queued(owner: Hashable) -> int:
+        return 0 if work[owner] <= max_batch_tokens else work[owner]
+
+    # min() keeps the first of equal keys, and `first` lists requests in arrival order.
+    return first[min(first, key=queued)]
+
+
+def select_batch(
+    lengths: Sequence[int], max_batch_size: int, max_batch_tokens: int, first: int = 0
+) -> list[int]:
     """Indices into `lengths` (queued inputs, oldest first) for the next forward pass.
 
-    The oldest input always goes in, so none waits forever. The batch then grows with the
-    queued inputs nearest to it in length, taking whichever adds the least padding, while
-    its padded cost (longest x count) stays within `max_batch_tokens` and its size within
-    `max_batch_size`. An input over the budget on its own runs alone.
+    Input `first` (by default the oldest; see `first_input`) always goes in. The batch then
+    grows with the queued inputs nearest to it in length among the oldest, taking whichever
+    adds the least padding, while its padded cost (longest x count) stays within
+    `max_batch_tokens` and its size within `max_batch_size`. An input over the budget on
+    its own runs alone.
     """
     if not lengths:
         return []
     n = min(len(lengths), max(max_batch_size * WINDOW_PER_ROW, 64))
-    order = sorted(range(n), key=lengths.__getitem__)  # stable: equal lengths keep arrival order
-    lo = hi = order.index(0)
-    width = lengths[0]
-    chosen = [0]
+    window = list(range(n)) if first < n else [*range(n), first]
+    order = sorted(window, key=lengths.__getitem__)  # stable: equal lengths keep arrival order
+    lo = hi = order.index(first)
+    width = lengths[first]
+    chosen = [first]
     while len(chosen) < max_batch_size:
         left = order[lo - 1] if lo > 0 else None
-        right = order[hi + 1] if hi + 1 < n else None
+        right = order[hi + 1] if hi + 1 < len(order) else None
         count = len(chosen) + 1
         fits_left = left is not None and width * count <= max_batch_tokens
         fits_right = right is not None and lengths[right] * count <= max_batch_tokens

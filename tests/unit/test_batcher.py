@@ -1,4 +1,5 @@
-"""The batch planner: budget, size, fairness to the oldest input, and length grouping."""
+"""The batch planner: budget, size, fairness between requests (small ones first, the oldest
+after a bound), and length grouping."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import random
 
 import pytest
 
-from app.engine.planning import select_batch
+from app.engine.planning import first_input, select_batch
 
 
 def _drain(lengths: list[int], size: int, budget: int) -> list[list[int]]:
@@ -54,3 +55,67 @@ def test_padding_waste_is_small_for_mixed_lengths() -> None:
     batches = _drain(lengths, size=32, budget=100_000)
     padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
     assert padded <= 1.1 * sum(lengths)
+
+
+# -- request-level fairness ------------------------------------------------------------------
+
+
+def _drain_requests(
+    requests: list[list[int]], size: int, budget: int, waited: float = 0.0, max_wait: float = 2.0
+) -> list[list[tuple[int, int]]]:
+    """Plan batches from requests queued in this order (each a list of input lengths), as
+    the batcher does; each input is (request, index within it)."""
+    queue = [(r, i) for r, lengths in enumerate(requests) for i in range(len(lengths))]
+    batches = []
+    while queue:
+        lengths = [requests[r][i] for r, i in queue]
+        first = first_input(lengths, [r for r, _ in queue], waited, max_wait, budget)
+        picked = select_batch(lengths, size, budget, first)
+        batches.append([queue[i] for i in picked])
+        queue = [q for i, q in enumerate(queue) if i not in set(picked)]
+    return batches
+
+
+def test_a_one_text_request_goes_into_the_next_batch_after_a_big_one() -> None:
+    big, small = [256] * 300, [8]
+    batches = _drain_requests([big, small], size=32, budget=1024)
+    assert (1, 0) in batches[0]
+    # The big request's rows still fill the rest of that batch.
+    assert sum(1 for r, _ in batches[0] if r == 0) == 3
+
+
+def test_requests_that_fit_in_a_batch_go_in_arrival_order_before_bigger_ones() -> None:
+    requests = [[100] * 50, [30] * 2, [100] * 20, [10], [30] * 2]
+    first = first_input(
+        [x for r in requests for x in r], [r for r, x in enumerate(requests) for _ in x], 0, 2, 256
+    )
+    assert first == 50  # request 1: the oldest of those that fit in one batch
+    # Among requests too big for one batch, the least queued work goes first.
+    order = [batch[0][0] for batch in _drain_requests([[100] * 50, [100] * 20], size=2, budget=200)]
+    assert order[:10] == [1] * 10
+
+
+def test_the_oldest_input_goes_first_once_it_has_waited_too_long() -> None:
+    lengths = [256] * 300 + [8]
+    owners = [0] * 300 + [1]
+    assert first_input(lengths, owners, 1.9, 2.0, 1024) == 300
+    assert first_input(lengths, owners, 2.0, 2.0, 1024) == 0
+
+
+@pytest.mark.parametrize("spread", [1, 3])
+def test_equal_requests_are_planned_as_before(spread: int) -> None:
+    # 96 one-text clients: full batches, planned exactly as oldest-first planning does
+    # (with equal lengths, in arrival order).
+    requests = [[10 + i % spread] for i in range(96)]
+    fair = _drain_requests(requests, size=32, budget=16384)
+    oldest_first = _drain([r[0] for r in requests], size=32, budget=16384)
+    assert [[r for r, _ in b] for b in fair] == oldest_first
+    assert [len(b) for b in fair] == [32, 32, 32]
+    if spread == 1:
+        assert [sorted(b) for b in oldest_first] == [list(range(k, k + 32)) for k in (0, 32, 64)]
+
+
+def test_a_seed_beyond_the_look_ahead_window_is_still_taken() -> None:
+    lengths = [256] * 1000 + [8]
+    picked = select_batch(lengths, 4, 1024, first=1000)
+    assert picked[0] == 1000 and len(picked) == 4

@@ -30,7 +30,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from app.config import ModelSettings
-from app.engine.batcher import Batch, Batcher, not_serving
+from app.engine.batcher import Batch, Batcher, not_serving, padded_tokens
 from app.engine.workers import channel
 from app.engine.workers.child import worker_main
 from app.errors import InternalServerError
@@ -224,6 +224,8 @@ class ProcessWorker:
                 channel.decode_failed(reply)[2] if channel.kind(reply) == channel.ERROR else "out of memory"
             )
             raise WorkerLoadError(f"the warm-up batch failed: {detail}")
+        _, _, seconds = channel.decode_vectors(reply)
+        self._batcher.warmed_up(padded_tokens(self._warmup), seconds)
         return hello
 
     # -- feeding -----------------------------------------------------------------------------
@@ -232,6 +234,10 @@ class ProcessWorker:
         flying = len(self._in_flight)
         if flying == 0:
             return True
+        # While interactive requests are about, one batch at a time: a request that arrives
+        # then waits for the forward in progress only, not for one queued behind it too.
+        if self._batcher.interactive:
+            return False
         full = queued >= self._batcher.max_batch_size or tokens >= self._batcher.max_batch_tokens
         return flying < PIPELINE and full
 

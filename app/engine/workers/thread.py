@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from app.engine.batcher import Batch, Batcher, Vectors
+from app.engine.batcher import Batch, Batcher, Vectors, padded_tokens
 from app.models.protocol import BatchMemoryError, EmbeddingModel, TokenizedText
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,9 @@ class ThreadWorker:
     def start(self) -> None:
         """Load and warm up (blocking), then serve from a model thread."""
         model = self._load()
+        started = time.perf_counter()
         model.embed(self._warmup)
+        self._batcher.warmed_up(padded_tokens(self._warmup), time.perf_counter() - started)
         self.dimensions, self.device = model.dimensions, model.device
         self._thread = threading.Thread(
             target=self._run, args=(model,), name=f"model-{self._batcher.model}-{self.index}", daemon=True

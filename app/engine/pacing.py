@@ -1,0 +1,58 @@
+"""How many padded tokens the next forward pass may take: the whole budget for bulk work,
+fewer while interactive requests are about, so none of them waits long behind a forward.
+
+The model's speed is learnt from completed batches as seconds per padded token. A forward
+also has a fixed cost, so a small batch looks slower per token than a large one; the
+estimate is therefore updated only from batches that filled at least half the cap they
+were planned under. From those, cap = target / (seconds per token) converges to the cap at
+which fixed cost + per-token cost x cap = target. A pure object: time is passed in.
+"""
+
+from __future__ import annotations
+
+# How long after the last interactive-sized request forwards stay short.
+INTERACTIVE_WINDOW_S = 2.0
+# Weight of the newest batch in the running estimate.
+SMOOTHING = 0.3
+# Never plan below this (a cap under one input's length runs that input alone anyway).
+MIN_CAP = 64
+
+
+class ForwardPace:
+    def __init__(self, max_batch_tokens: int, target_seconds: float) -> None:
+        self.max_batch_tokens = max_batch_tokens
+        self.target = target_seconds
+        self.seconds_per_token: float | None = None
+        self._interactive_until = float("-inf")
+
+    def timed_cap(self) -> int:
+        """The padded tokens a forward may take to last about `target` seconds."""
+        if self.target <= 0 or self.seconds_per_token is None:
+            return self.max_batch_tokens
+        cap = int(self.target / self.seconds_per_token)
+        return max(MIN_CAP, min(self.max_batch_tokens, cap))
+
+    def cap(self, now: float) -> int:
+        """The padded-token budget of the batch planned now."""
+        return self.timed_cap() if now < self._interactive_until else self.max_batch_tokens
+
+    def interactive(self, now: float) -> bool:
+        """Forwards are being kept shorter than the full budget would make them (a model
+        fast enough to run the whole budget within the target is never held back)."""
+        return now < self._interactive_until and self.timed_cap() < self.max_batch_tokens
+
+    def request(self, tokens: int, now: float) -> None:
+        """A request of `tokens` was queued: one that a short forward serves whole (within
+        the timed cap) is interactive, and keeps forwards short for a while."""
+        if self.target > 0 and tokens <= self.timed_cap():
+            self._interactive_until = now + INTERACTIVE_WINDOW_S
+
+    def completed(self, padded_tokens: int, seconds: float, planned_cap: int) -> None:
+        """A forward of `padded_tokens` took `seconds`; it was planned under `planned_cap`."""
+        if padded_tokens <= 0 or seconds <= 0 or 2 * padded_tokens < planned_cap:
+            return
+        rate = seconds / padded_tokens
+        if self.seconds_per_token is None:
+            self.seconds_per_token = rate
+        else:
+            self.seconds_per_token += SMOOTHING * (rate - self.seconds_per_token)
