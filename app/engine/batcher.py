@@ -264,6 +264,7 @@ class Batcher:
                     [item.job for item in self._queue],
                     now - self._queue[0].job.enqueued,
                     self._oldest_first,
+                    self.max_batch_size,
                     budget,
                 )
                 picked = select_batch(lengths, self.max_batch_size, budget, first)

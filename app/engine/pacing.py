@@ -29,7 +29,7 @@ class ForwardPace:
         """The padded tokens a forward may take to last about `target` seconds."""
         if self.target <= 0 or self.seconds_per_token is None:
             return self.max_batch_tokens
-        cap = int(self.target / self.seconds_per_token)
+        cap = round(self.target / self.seconds_per_token)
         return max(MIN_CAP, min(self.max_batch_tokens, cap))
 
     def cap(self, now: float) -> int:

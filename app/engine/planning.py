@@ -14,6 +14,7 @@ def first_input(
     owners: Sequence[Hashable],
     oldest_waited: float,
     max_wait: float,
+    max_batch_size: int,
     max_batch_tokens: int,
 ) -> int:
     """Index of the input that seeds the next batch (queued inputs, oldest first).
@@ -28,13 +29,16 @@ def first_input(
     if not lengths or oldest_waited >= max_wait:
         return 0
     work: dict[Hashable, int] = {}
+    count: dict[Hashable, int] = {}
     first: dict[Hashable, int] = {}
     for i, (owner, length) in enumerate(zip(owners, lengths, strict=True)):
         work[owner] = work.get(owner, 0) + length
+        count[owner] = count.get(owner, 0) + 1
         first.setdefault(owner, i)
 
     def queued(owner: Hashable) -> int:
-        return 0 if work[owner] <= max_batch_tokens else work[owner]
+        fits = work[owner] <= max_batch_tokens and count[owner] <= max_batch_size
+        return 0 if fits else work[owner]
 
     # min() keeps the first of equal keys, and `first` lists requests in arrival order.
     return first[min(first, key=queued)]

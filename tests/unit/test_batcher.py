@@ -69,7 +69,7 @@ def _drain_requests(
     batches = []
     while queue:
         lengths = [requests[r][i] for r, i in queue]
-        first = first_input(lengths, [r for r, _ in queue], waited, max_wait, budget)
+        first = first_input(lengths, [r for r, _ in queue], waited, max_wait, size, budget)
         picked = select_batch(lengths, size, budget, first)
         batches.append([queue[i] for i in picked])
         queue = [q for i, q in enumerate(queue) if i not in set(picked)]
@@ -87,7 +87,7 @@ def test_a_one_text_request_goes_into_the_next_batch_after_a_big_one() -> None:
 def test_requests_that_fit_in_a_batch_go_in_arrival_order_before_bigger_ones() -> None:
     requests = [[100] * 50, [30] * 2, [100] * 20, [10], [30] * 2]
     first = first_input(
-        [x for r in requests for x in r], [r for r, x in enumerate(requests) for _ in x], 0, 2, 256
+        [x for r in requests for x in r], [r for r, x in enumerate(requests) for _ in x], 0, 2, 8, 256
     )
     assert first == 50  # request 1: the oldest of those that fit in one batch
     # Among requests too big for one batch, the least queued work goes first.
@@ -98,8 +98,8 @@ def test_requests_that_fit_in_a_batch_go_in_arrival_order_before_bigger_ones() -
 def test_the_oldest_input_goes_first_once_it_has_waited_too_long() -> None:
     lengths = [256] * 300 + [8]
     owners = [0] * 300 + [1]
-    assert first_input(lengths, owners, 1.9, 2.0, 1024) == 300
-    assert first_input(lengths, owners, 2.0, 2.0, 1024) == 0
+    assert first_input(lengths, owners, 1.9, 2.0, 32, 1024) == 300
+    assert first_input(lengths, owners, 2.0, 2.0, 32, 1024) == 0
 
 
 @pytest.mark.parametrize("spread", [1, 3])

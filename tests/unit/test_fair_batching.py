@@ -1,0 +1,111 @@
+"""Fairness and pacing through the engine (no HTTP), on the shared fake backend: a small
+request does not wait behind a big one's rows, and forwards stay near the time target while
+small requests are about, the full budget otherwise."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from app.config import EngineSettings, ModelSettings, Settings
+from app.engine.engine import EmbeddingEngine
+from tests.fake_backend import Controls, FakeLoader
+
+MODEL = "fake"
+WIDTH = 32  # max_length: a text of WIDTH words or more is WIDTH tokens
+
+
+def _engine(
+    tmp: Path, forward_seconds: tuple[float, float] = (0.0, 0.0), **engine: object
+) -> tuple[EmbeddingEngine, Controls]:
+    settings = Settings(
+        engine=EngineSettings(workers="thread", max_batch_wait_ms=0, **engine),  # type: ignore[arg-type]
+        models=[ModelSettings(name=MODEL, base_model="fake", max_length=WIDTH, device="cpu")],
+    )
+    settings = msgspec.structs.replace(
+        settings, api=msgspec.structs.replace(settings.api, token_ids="native")
+    )
+    loader = FakeLoader(str(tmp), real=False, dimensions=4, forward_seconds=forward_seconds)
+    built = EmbeddingEngine(settings, loader)
+    built.start()
+    built.wait_loaded(60)
+    assert built.ready, built.status()
+    controls = loader.controls(MODEL)
+    controls.forget_batches()
+    return built, controls
+
+
+def _long(tag: str, i: int) -> str:
+    """A distinct text of WIDTH tokens (each digit its own word: the fake tokenizer hashes words)."""
+    return f"{tag} a{i // 1000} b{i // 100 % 10} c{i // 10 % 10} d{i % 10} " + " ".join(
+        f"w{j}" for j in range(WIDTH)
+    )
+
+
+@pytest.fixture()
+def small_batches(tmp_path: Path) -> Iterator[tuple[EmbeddingEngine, Controls]]:
+    engine, controls = _engine(tmp_path, max_batch_size=4)
+    yield engine, controls
+    controls.open_gate()
+    engine.stop()
+
+
+def test_a_one_text_request_overtakes_the_rows_of_a_big_request(
+    small_batches: tuple[EmbeddingEngine, Controls],
+) -> None:
+    engine, controls = small_batches
+    finished: list[str] = []
+
+    async def scenario() -> None:
+        async def embed(name: str, texts: list[str]) -> None:
+            await engine.embed(MODEL, texts)
+            finished.append(name)
+
+        controls.close_gate()
+        big = asyncio.ensure_future(embed("big", [_long("big", i) for i in range(40)]))
+        assert await asyncio.to_thread(controls.wait_entered)  # its first 4 rows are running
+        small = asyncio.ensure_future(embed("small", ["one short text"]))
+        await asyncio.sleep(0.1)
+        controls.open_gate()
+        await asyncio.gather(big, small)
+
+    asyncio.run(scenario())
+    assert finished == ["small", "big"]
+    batches = [b["rows"] for b in controls.batches()]
+    assert len(batches) == 11  # 40 rows of 4, plus the small request's
+    small_at = [i for i, rows in enumerate(batches) if any(len(r) < WIDTH for r in rows)]  # type: ignore[union-attr]
+    assert small_at == [1]  # the very next forward, not after the 36 rows left
+
+
+def test_forwards_are_paced_while_small_requests_are_about(tmp_path: Path) -> None:
+    # A forward costs 5 ms plus 20 us per padded token: the full budget (64 x 32 tokens)
+    # about 46 ms; a 25 ms target is about 1000 tokens, 31 rows.
+    engine, controls = _engine(
+        tmp_path, forward_seconds=(0.005, 20e-6), max_batch_size=64, max_batch_tokens=2048, max_batch_ms=25
+    )
+
+    async def bulk_alone() -> None:
+        await engine.embed(MODEL, [_long("bulk", i) for i in range(640)])
+
+    async def bulk_with_small_requests() -> None:
+        big = asyncio.ensure_future(engine.embed(MODEL, [_long("mixed", i) for i in range(1280)]))
+        while not big.done():
+            await engine.embed(MODEL, "a small request")
+            await asyncio.sleep(0.02)
+        await big
+
+    try:
+        asyncio.run(bulk_alone())
+        alone = [len(b["rows"]) for b in controls.batches()]  # type: ignore[arg-type]
+        controls.forget_batches()
+        asyncio.run(bulk_with_small_requests())
+        mixed = [len(b["rows"]) for b in controls.batches()]  # type: ignore[arg-type]
+    finally:
+        engine.stop()
+    assert alone == [64] * 10  # pure bulk: the whole token budget every time
+    assert 16 <= statistics.median(mixed) <= 40, mixed
