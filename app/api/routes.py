@@ -13,7 +13,7 @@ from litestar.datastructures import State
 from app.api.access import caller, require_model
 from app.api.body import read_body
 from app.api.encoding import encode_vectors
-from app.api.parsing import parse_embedding_request
+from app.api.parsing import parse_embedding_body
 from app.api.ratelimit import RateLimiter
 from app.api.request_log import record_of
 from app.api.schemas import Embedding, EmbeddingResponse, Model, ModelList, Usage
@@ -72,8 +72,8 @@ class OpenAIController(Controller):
     async def create_embeddings(
         self, request: Request[object, object, State], engine: EmbeddingEngine, limiter: RateLimiter
     ) -> Response[bytes]:
-        body = parse_embedding_request(await read_body(request))
-        assert isinstance(body.model, str)  # parse_embedding_request checked it
+        body = await parse_embedding_body(await read_body(request))
+        assert isinstance(body.model, str)  # parse_embedding_body checked it
         record = record_of(request.scope)
         if record is not None:
             record.model = body.model

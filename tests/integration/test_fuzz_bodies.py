@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.api.json_nesting import MAX_JSON_DEPTH
+from app.api.parsing import INLINE_BODY_BYTES
 from app.config import LimitsSettings
 from tests.cheap_forward import cheap_loader
 from tests.conftest import MINILM, TEST_KEY, settings_with
@@ -119,6 +120,27 @@ def test_nesting_within_the_limit_and_brackets_in_strings_are_not_refused(client
     body = b'{"model": "%s", "input": %s, "extra": %s}' % (MINILM.encode(), json.dumps(text).encode(), extra)
     response = client.post("/embeddings", content=body)
     assert response.status_code == 200, response.text
+
+
+# A body over INLINE_BODY_BYTES is decoded on a thread: the same answer, the same errors.
+LARGE_CASES = {
+    **{f"utf8-{field}": _body_with(field, b"\xff") for field in STRING_FIELDS},
+    **{f"utf8-input-{raw.hex()}": _body_with("input", raw) for raw in INVALID_UTF8[1:]},
+    **{f"deep-{name}": body for name, body in DEEP_CASES.items() if "100000" not in name},
+    "not-json": b'{"model": "%s", "input": "hi",}' % MINILM.encode(),
+    "no-input": b'{"model": "%s"}' % MINILM.encode(),
+    "bad-dimensions": b'{"model": "%s", "input": "hi", "dimensions": "x"}' % MINILM.encode(),
+    "valid": json.dumps({"model": MINILM, "input": ["one", "two"], "dimensions": 8}).encode(),
+}
+
+
+@pytest.mark.parametrize("body", LARGE_CASES.values(), ids=LARGE_CASES.keys())
+def test_a_large_body_gets_the_answer_a_small_one_gets(client: httpx.Client, body: bytes) -> None:
+    small = client.post("/embeddings", content=body)
+    # Trailing whitespace is valid JSON and changes nothing but the size.
+    large = client.post("/embeddings", content=body + b" " * INLINE_BODY_BYTES)
+    assert (large.status_code, large.json()) == (small.status_code, small.json())
+    _check_envelope(large)
 
 
 # -- generated bodies ----------------------------------------------------------------------
