@@ -106,7 +106,7 @@ class EngineSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=Tru
     max_batch_wait_ms: float = 5.0
     # While interactive-sized requests are about, a forward pass is planned to last about
     # this long (its token cap learnt from the model's speed); 0 = always the full budget.
-    max_batch_ms: float = 50.0
+    max_batch_ms: float = 30.0
     # An input queued this long goes into the next forward pass, whatever else is queued.
     oldest_first_ms: float = 2000.0
     # Backpressure: past either bound a request gets 503 with Retry-After at once.
