@@ -107,8 +107,9 @@ class EngineSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=Tru
     # While interactive-sized requests are about, a forward pass is planned to last about
     # this long (its token cap learnt from the model's speed); 0 = always the full budget.
     max_batch_ms: float = 30.0
-    # An input queued this long goes into the next forward pass, whatever else is queued.
-    oldest_first_ms: float = 2000.0
+    # Small requests seed batches before big ones; a request none of whose inputs has gone
+    # into a forward pass for this long seeds the next one, whatever else is queued.
+    max_unserved_ms: float = 2000.0
     # Backpressure: past either bound a request gets 503 with Retry-After at once.
     max_queue_requests: int = 512
     max_queue_tokens: int = 1_000_000
@@ -271,8 +272,8 @@ def _check(settings: Settings) -> None:
         raise ConfigError("engine: batch and queue bounds must be at least 1")
     if not 0 <= eng.max_batch_wait_ms <= 1000:
         raise ConfigError("engine.max_batch_wait_ms: must be between 0 and 1000")
-    if eng.max_batch_ms < 0 or eng.oldest_first_ms <= 0:
-        raise ConfigError("engine: max_batch_ms must be 0 or more and oldest_first_ms more than 0")
+    if eng.max_batch_ms < 0 or eng.max_unserved_ms <= 0:
+        raise ConfigError("engine: max_batch_ms must be 0 or more and max_unserved_ms more than 0")
     server = settings.server
     if not 1024 <= server.max_header_bytes <= 1024 * 1024:
         raise ConfigError("server.max_header_bytes: must be between 1024 and 1048576")

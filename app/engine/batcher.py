@@ -64,6 +64,8 @@ class Job:
     remaining: int = field(init=False)
     tokens: int = field(init=False)
     enqueued: float = field(init=False, default=0.0)
+    # When one of its inputs last went into or came out of a forward (or when it was queued).
+    last_taken: float = field(init=False, default=0.0)
     started: float | None = field(init=False, default=None)
     compute_seconds: float = field(init=False, default=0.0)
     finished: bool = field(init=False, default=False)
@@ -160,7 +162,7 @@ class Batcher:
         observer: EngineObserver,
         max_wait_seconds: float = 0.0,
         max_batch_seconds: float = 0.0,
-        oldest_first_seconds: float = 2.0,
+        max_unserved_seconds: float = 2.0,
     ) -> None:
         self.model = model
         self.max_batch_size = max_batch_size
@@ -168,7 +170,7 @@ class Batcher:
         self._max_queue_tokens = max_queue_tokens
         self._observer = observer
         self._max_wait = max_wait_seconds
-        self._oldest_first = oldest_first_seconds
+        self._max_unserved = max_unserved_seconds
         self._pace = ForwardPace(max_batch_tokens, max_batch_seconds)
         # How many requests the last batch served: evidence of how many clients are active.
         self._expected_jobs = 1
@@ -215,7 +217,7 @@ class Batcher:
             # An empty queue always admits, so one request up to the per-request limit fits.
             if self._queue and self._queued_tokens + job.tokens > self._max_queue_tokens:
                 raise overloaded()
-            job.enqueued = time.perf_counter()
+            job.enqueued = job.last_taken = time.perf_counter()
             self._pace.request(job.tokens, job.enqueued)
             self._queue.extend(Item(job, i, text) for i, text in enumerate(job.items))
             self._queued_tokens += job.tokens
@@ -262,8 +264,8 @@ class Batcher:
                 first = first_input(
                     lengths,
                     [item.job for item in self._queue],
-                    now - self._queue[0].job.enqueued,
-                    self._oldest_first,
+                    {job: now - job.last_taken for job in self._queued_jobs},
+                    self._max_unserved,
                     self.max_batch_size,
                     budget,
                 )
@@ -280,6 +282,7 @@ class Batcher:
                 self._expected_jobs = len({item.job for item in live})
                 started = time.perf_counter()
                 for item in live:
+                    item.job.last_taken = started
                     if item.job.started is None:
                         item.job.started = started
                 batch = Batch.of(live)
@@ -315,8 +318,10 @@ class Batcher:
             for item, row in zip(batch.items, batch.where, strict=True):
                 item.job.vectors[item.index] = vectors[row]
                 item.job.remaining -= 1
+            finished = time.perf_counter()
             for job in batch.jobs:
                 job.compute_seconds += seconds
+                job.last_taken = finished  # not idle while its input was in the forward
                 if job.remaining == 0 and not job.finished:
                     job.finished = True
                     done.append(job)

@@ -129,7 +129,7 @@ class EmbeddingEngine:
                     observer=self._observer,
                     max_wait_seconds=engine.max_batch_wait_ms / 1000,
                     max_batch_seconds=engine.max_batch_ms / 1000,
-                    oldest_first_seconds=engine.oldest_first_ms / 1000,
+                    max_unserved_seconds=engine.max_unserved_ms / 1000,
                 )
                 pool = ModelPool(
                     slot.entry,

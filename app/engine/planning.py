@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 
 # Look-ahead: how many of the oldest queued inputs the planner considers for one batch.
 # Enough to group lengths well; bounded so planning stays cheap however long the queue is.
@@ -12,8 +12,8 @@ WINDOW_PER_ROW = 8
 def first_input(
     lengths: Sequence[int],
     owners: Sequence[Hashable],
-    oldest_waited: float,
-    max_wait: float,
+    idle: Mapping[Hashable, float],
+    max_idle: float,
     max_batch_size: int,
     max_batch_tokens: int,
 ) -> int:
@@ -22,12 +22,16 @@ def first_input(
     Request-level fairness: requests whose queued inputs all fit in one batch go first, in
     arrival order; then the others, least queued tokens first. So a one-text request goes
     into the very next forward pass however many rows a bigger request queued before it,
-    and requests of equal size keep their arrival order. Starvation is bounded: once the
-    oldest input has waited `max_wait` seconds it goes first again. `owners[i]` is the
-    request of input i; `oldest_waited` is how long the oldest input has been queued.
+    and requests of equal size keep their arrival order. Starvation is bounded: a request
+    none of whose inputs has gone into a forward for `max_idle` seconds goes first (the
+    longest idle of them). `owners[i]` is the request of input i; `idle[owner]` is how long
+    since that request last had an input taken (or was queued).
     """
-    if not lengths or oldest_waited >= max_wait:
+    if not lengths:
         return 0
+    starved = max(idle, key=idle.__getitem__, default=None)
+    if starved is not None and idle[starved] >= max_idle:
+        return owners.index(starved)
     work: dict[Hashable, int] = {}
     count: dict[Hashable, int] = {}
     first: dict[Hashable, int] = {}

@@ -61,18 +61,39 @@ def test_padding_waste_is_small_for_mixed_lengths() -> None:
 
 
 def _drain_requests(
-    requests: list[list[int]], size: int, budget: int, waited: float = 0.0, max_wait: float = 2.0
+    requests: list[list[int]],
+    size: int,
+    budget: int,
+    arrivals: list[float] | None = None,
+    batch_seconds: float = 0.1,
+    max_idle: float = 2.0,
 ) -> list[list[tuple[int, int]]]:
-    """Plan batches from requests queued in this order (each a list of input lengths), as
-    the batcher does; each input is (request, index within it)."""
-    queue = [(r, i) for r, lengths in enumerate(requests) for i in range(len(lengths))]
+    """Plan batches as the batcher does, on a clock that advances `batch_seconds` a batch.
+    Request r (a list of input lengths) is queued at `arrivals[r]` (default: all at 0);
+    each input is (request, index within it)."""
+    arrivals = arrivals or [0.0] * len(requests)
+    pending = sorted(range(len(requests)), key=arrivals.__getitem__)
+    queue: list[tuple[int, int]] = []
+    last_taken: dict[int, float] = {}
     batches = []
-    while queue:
-        lengths = [requests[r][i] for r, i in queue]
-        first = first_input(lengths, [r for r, _ in queue], waited, max_wait, size, budget)
-        picked = select_batch(lengths, size, budget, first)
-        batches.append([queue[i] for i in picked])
-        queue = [q for i, q in enumerate(queue) if i not in set(picked)]
+    step = 0
+    while pending or queue:
+        now = step * batch_seconds
+        while pending and arrivals[pending[0]] <= now:
+            r = pending.pop(0)
+            queue += [(r, i) for i in range(len(requests[r]))]
+            last_taken[r] = arrivals[r]
+        if queue:
+            lengths = [requests[r][i] for r, i in queue]
+            owners = [r for r, _ in queue]
+            idle = {r: now - last_taken[r] for r in set(owners)}
+            first = first_input(lengths, owners, idle, max_idle, size, budget)
+            picked = select_batch(lengths, size, budget, first)
+            batches.append([queue[i] for i in picked])
+            for r, _ in batches[-1]:
+                last_taken[r] = now
+            queue = [q for i, q in enumerate(queue) if i not in set(picked)]
+        step += 1
     return batches
 
 
@@ -86,20 +107,32 @@ def test_a_one_text_request_goes_into_the_next_batch_after_a_big_one() -> None:
 
 def test_requests_that_fit_in_a_batch_go_in_arrival_order_before_bigger_ones() -> None:
     requests = [[100] * 50, [30] * 2, [100] * 20, [10], [30] * 2]
-    first = first_input(
-        [x for r in requests for x in r], [r for r, x in enumerate(requests) for _ in x], 0, 2, 8, 256
-    )
+    owners = [r for r, x in enumerate(requests) for _ in x]
+    first = first_input([x for r in requests for x in r], owners, dict.fromkeys(owners, 0.0), 2, 8, 256)
     assert first == 50  # request 1: the oldest of those that fit in one batch
     # Among requests too big for one batch, the least queued work goes first.
     order = [batch[0][0] for batch in _drain_requests([[100] * 50, [100] * 20], size=2, budget=200)]
     assert order[:10] == [1] * 10
 
 
-def test_the_oldest_input_goes_first_once_it_has_waited_too_long() -> None:
-    lengths = [256] * 300 + [8]
-    owners = [0] * 300 + [1]
-    assert first_input(lengths, owners, 1.9, 2.0, 32, 1024) == 300
-    assert first_input(lengths, owners, 2.0, 2.0, 32, 1024) == 0
+def test_a_big_request_served_all_along_does_not_take_priority_when_it_grows_old() -> None:
+    # 300 long texts queued at 0; a one-text request at 5 s, long after the big one's first
+    # input was queued: it still goes into the next batch, as the big one was never idle.
+    batches = _drain_requests([[256] * 300, [8]], size=32, budget=1024, arrivals=[0.0, 5.0])
+    assert (1, 0) in batches[50]
+
+
+def test_a_starved_request_goes_first_after_the_bound() -> None:
+    # A big request (3 x 200 tokens, over the 256 budget) behind a stream of small requests
+    # that fill every batch by themselves (2 x 100 tokens): after 1 s without any of its
+    # inputs in a forward, it seeds the next batch.
+    requests = [[200] * 3] + [[100] * 2 for _ in range(40)]
+    batches = _drain_requests(requests, size=2, budget=256, max_idle=1.0)
+    first_big = next(n for n, batch in enumerate(batches) if batch[0][0] == 0)
+    assert first_big == 10  # at 1.0 s, 0.1 s a batch
+    idle = {0: 0.9, 1: 0.0}
+    assert first_input([200] * 3 + [100], [0, 0, 0, 1], idle, 1.0, 2, 256) == 3
+    assert first_input([200] * 3 + [100], [0, 0, 0, 1], {**idle, 0: 1.0}, 1.0, 2, 256) == 0
 
 
 @pytest.mark.parametrize("spread", [1, 3])

@@ -47,18 +47,24 @@ def _long(tag: str, i: int) -> str:
     )
 
 
-@pytest.fixture()
-def small_batches(tmp_path: Path) -> Iterator[tuple[EmbeddingEngine, Controls]]:
-    engine, controls = _engine(tmp_path, max_batch_size=4)
-    yield engine, controls
+@pytest.fixture(params=[(2000, 0.1), (100, 0.3)], ids=["soon", "after-max-unserved"])
+def small_batches(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[EmbeddingEngine, Controls, float]]:
+    """(max_unserved_ms, how long the big request's first batch is held)"""
+    max_unserved_ms, hold = request.param
+    engine, controls = _engine(tmp_path, max_batch_size=4, max_unserved_ms=max_unserved_ms)
+    yield engine, controls, hold
     controls.open_gate()
     engine.stop()
 
 
 def test_a_one_text_request_overtakes_the_rows_of_a_big_request(
-    small_batches: tuple[EmbeddingEngine, Controls],
+    small_batches: tuple[EmbeddingEngine, Controls, float],
 ) -> None:
-    engine, controls = small_batches
+    # Also when the big request's first forward outlasts max_unserved_ms: a request with an
+    # input in the forward in progress is not starving.
+    engine, controls, hold = small_batches
     finished: list[str] = []
 
     async def scenario() -> None:
@@ -70,7 +76,7 @@ def test_a_one_text_request_overtakes_the_rows_of_a_big_request(
         big = asyncio.ensure_future(embed("big", [_long("big", i) for i in range(40)]))
         assert await asyncio.to_thread(controls.wait_entered)  # its first 4 rows are running
         small = asyncio.ensure_future(embed("small", ["one short text"]))
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(hold)
         controls.open_gate()
         await asyncio.gather(big, small)
 
