@@ -17,7 +17,9 @@ keep-alive connection only after a response. This subclass adds, per connection
   closes one that is idle after a response.
 
 Timers are armed only when a read ends with a request still incomplete, so a request that
-arrives in one read (the usual small one) costs a few attribute updates, not a timer.
+arrives in one read (the usual small one) costs a few attribute updates, not a timer nor a
+clock read: a deadline counts from the end of the read in which its phase began, which is
+the same loop iteration as the phase's first byte.
 """
 
 from __future__ import annotations
@@ -61,7 +63,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self._phase = _IDLE
-        self._phase_started = 0.0
         self._message = 0  # messages begun on this connection
         self._began_in_read = False
         self._head_read = 0  # bytes read since the head began (an upper bound on its size)
@@ -121,7 +122,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._phase, self._phase_started = _HEAD, self.loop.time()
+        self._phase = _HEAD
         self._message += 1
         self._began_in_read = True
         self._head_size = 0
@@ -137,7 +138,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        self._phase, self._phase_started = _BODY, self.loop.time()
+        self._phase = _BODY
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -165,16 +166,19 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.loop.call_later(_LINGER_SECONDS, self.transport.close)
 
     def _arm_deadline(self) -> None:
+        if self._phase == _IDLE:  # the usual end of a read: the request is complete
+            if self._deadline is not None:
+                self._cancel_deadline()
+            return
         wanted = (self._message, self._phase)
         if wanted == self._deadline_for:
             return
         self._cancel_deadline()
         self._deadline_for = wanted
-        started = self._phase_started
         if self._phase == _HEAD:
-            self._deadline = self.loop.call_at(started + self.header_timeout, self._head_timed_out)
-        elif self._phase == _BODY:
-            self._deadline = self.loop.call_at(started + self.body_timeout, self._body_timed_out)
+            self._deadline = self.loop.call_later(self.header_timeout, self._head_timed_out)
+        else:
+            self._deadline = self.loop.call_later(self.body_timeout, self._body_timed_out)
 
     def _cancel_deadline(self) -> None:
         if self._deadline is not None:
