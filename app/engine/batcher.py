@@ -5,7 +5,8 @@ As in text-embeddings-inference: requests arrive already tokenized and counted; 
 takes the next request's input plus those nearest to it in length (app.engine.planning:
 small requests first, so none waits behind a big one's rows; the oldest first after a
 bound), identical inputs once, and each request is answered when its last input is done.
-While interactive requests are about, forwards are kept short (app.engine.pacing). Workers
+While interactive requests are about and bulk work is queued, forwards are kept short
+(app.engine.pacing). Workers
 (app.engine.workers) run the batches, in a thread or in a worker process; a batch that
 fails fails only the requests in it.
 """
@@ -192,9 +193,13 @@ class Batcher:
             self.cond.notify_all()
 
     @property
-    def interactive(self) -> bool:
-        """Interactive requests were seen lately: forwards are kept short. The caller holds the lock."""
-        return self._pace.interactive(time.perf_counter())
+    def paced(self) -> bool:
+        """Forwards are being kept short: interactive requests were seen lately and bulk work
+        is queued. The caller holds the lock."""
+        return self._pace.interactive(time.perf_counter()) and self._bulk_queued()
+
+    def _bulk_queued(self) -> bool:
+        return any(self._pace.is_bulk(job.tokens) for job in self._queued_jobs)
 
     def warmed_up(self, padded_tokens: int, seconds: float) -> None:
         """A worker's warm-up forward: the model's first speed estimate."""
@@ -259,7 +264,7 @@ class Batcher:
                 if self.stopping or not running():
                     return None
                 now = time.perf_counter()
-                budget = self._pace.cap(now)
+                budget = self._pace.cap(now, self._bulk_queued())
                 lengths = [len(item.text.input_ids) for item in self._queue]
                 first = first_input(
                     lengths,

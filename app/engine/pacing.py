@@ -1,5 +1,7 @@
-"""How many padded tokens the next forward pass may take: the whole budget for bulk work,
-fewer while interactive requests are about, so none of them waits long behind a forward.
+"""How many padded tokens the next forward pass may take: the whole budget, except while
+interactive requests are about and bulk work is queued: then forwards are kept short, so an
+interactive request never waits long behind a forward of bulk rows. (Interactive requests
+alone still share full batches: splitting those would only make half of them wait.)
 
 The model's speed is learnt from completed batches as seconds per padded token. A forward
 also has a fixed cost, so a small batch looks slower per token than a large one; the
@@ -32,9 +34,13 @@ class ForwardPace:
         cap = round(self.target / self.seconds_per_token)
         return max(MIN_CAP, min(self.max_batch_tokens, cap))
 
-    def cap(self, now: float) -> int:
+    def is_bulk(self, tokens: int) -> bool:
+        """A request of `tokens` needs more than one short forward."""
+        return tokens > self.timed_cap()
+
+    def cap(self, now: float, bulk_queued: bool) -> int:
         """The padded-token budget of the batch planned now."""
-        return self.timed_cap() if now < self._interactive_until else self.max_batch_tokens
+        return self.timed_cap() if bulk_queued and self.interactive(now) else self.max_batch_tokens
 
     def interactive(self, now: float) -> bool:
         """Forwards are being kept shorter than the full budget would make them (a model
@@ -44,7 +50,7 @@ class ForwardPace:
     def request(self, tokens: int, now: float) -> None:
         """A request of `tokens` was queued: one that a short forward serves whole (within
         the timed cap) is interactive, and keeps forwards short for a while."""
-        if self.target > 0 and tokens <= self.timed_cap():
+        if self.target > 0 and not self.is_bulk(tokens):
             self._interactive_until = now + INTERACTIVE_WINDOW_S
 
     def completed(self, padded_tokens: int, seconds: float, planned_cap: int) -> None:

@@ -115,3 +115,27 @@ def test_forwards_are_paced_while_small_requests_are_about(tmp_path: Path) -> No
         engine.stop()
     assert alone == [64] * 10  # pure bulk: the whole token budget every time
     assert 16 <= statistics.median(mixed) <= 40, mixed
+
+
+def test_small_requests_alone_still_share_full_batches_while_paced(tmp_path: Path) -> None:
+    # The same model; 64 one-text requests queued together (as c=64 clients would) fill one
+    # full batch of 2048 tokens, although a paced forward would take about 1000.
+    engine, controls = _engine(
+        tmp_path, forward_seconds=(0.005, 20e-6), max_batch_size=64, max_batch_tokens=2048, max_batch_ms=25
+    )
+
+    async def scenario() -> None:
+        controls.close_gate()
+        first = asyncio.ensure_future(engine.embed(MODEL, "a small request"))
+        assert await asyncio.to_thread(controls.wait_entered)
+        rest = [asyncio.ensure_future(engine.embed(MODEL, _long("small", i))) for i in range(64)]
+        await asyncio.sleep(0.2)
+        controls.open_gate()
+        await asyncio.gather(first, *rest)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        controls.open_gate()
+        engine.stop()
+    assert [len(b["rows"]) for b in controls.batches()] == [1, 64]  # type: ignore[arg-type]

@@ -234,9 +234,10 @@ class ProcessWorker:
         flying = len(self._in_flight)
         if flying == 0:
             return True
-        # While interactive requests are about, one batch at a time: a request that arrives
-        # then waits for the forward in progress only, not for one queued behind it too.
-        if self._batcher.interactive:
+        # While forwards are kept short for interactive requests, one batch at a time: a
+        # request that arrives then waits for the forward in progress only, not for one
+        # queued behind it too.
+        if self._batcher.paced:
             return False
         full = queued >= self._batcher.max_batch_size or tokens >= self._batcher.max_batch_tokens
         return flying < PIPELINE and full
