@@ -176,6 +176,11 @@ class Batcher:
             self.cond.notify_all()
 
     @property
+    def queued(self) -> bool:
+        """Whether any input waits (read under `cond`, or as a hint)."""
+        return bool(self._queue)
+
+    @property
     def depth(self) -> tuple[int, int]:
         """(requests, tokens) waiting in the queue."""
         with self.cond:
