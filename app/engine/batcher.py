@@ -193,6 +193,11 @@ class Batcher:
             self.cond.notify_all()
 
     @property
+    def queued(self) -> bool:
+        """Whether any input waits (read under `cond`, or as a hint)."""
+        return bool(self._queue)
+
+    @property
     def paced(self) -> bool:
         """Forwards are being kept short: interactive requests were seen lately and bulk work
         is queued. The caller holds the lock."""
