@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -173,6 +174,10 @@ def test_the_background_worker_is_a_process_of_its_own_at_idle_priority(
     processes: tuple[EmbeddingEngine, Controls],
 ) -> None:
     engine, controls = processes
+    deadline = time.monotonic() + 60  # it loads at the lowest priority, not holding up readiness
+    while not all(w["serving"] for w in engine.workers(MODEL)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    controls.forget_batches()  # its warm-up batch
     workers = engine.workers(MODEL)
     assert [w["lane"] for w in workers] == ["interactive", "background"]
     interactive, background = (int(w["pid"]) for w in workers)  # type: ignore[call-overload]

@@ -8,8 +8,8 @@ queued wait for it), and if no worker can come back the queue fails and new requ
 
 With `background_threads` set, the pool also starts a background worker: one more process
 with its own copy of the weights that serves only the queue's background lane (Batch API
-jobs) at the lowest CPU priority. It does not count towards the model's readiness beyond
-"degraded" when it is down; if it cannot start or is given up, the model's workers take
+jobs) at the lowest CPU priority. The model is ready without it (it is still loading, or
+"degraded" while it restarts); if it cannot start or is given up, the model's workers take
 the background lane, interactive inputs first.
 """
 
@@ -86,6 +86,7 @@ class ModelPool:
         self.workers: list[Worker] = []
         self.background: ProcessWorker | None = None
         self.background_failure = ""
+        self._stopped = False
         devices = worker_devices(entry)
         for index, device in enumerate(devices):
             placed = msgspec.structs.replace(entry, device=device)
@@ -115,32 +116,43 @@ class ModelPool:
         return [*self.workers, *([self.background] if self.background is not None else [])]
 
     def start(self) -> None:
-        """Start every worker in parallel (each loads its own weights); raise if an
-        interactive one fails. A background worker that fails leaves its lane to the others."""
-        errors: dict[int, BaseException] = {}
-        everyone = self.all_workers
+        """Start the model's workers in parallel (each loads its own weights); raise if any
+        fails. The background worker starts meanwhile and on: it loads at the lowest CPU
+        priority, which must not hold up readiness on a busy machine. Its lane waits for it;
+        if it cannot start, the model's workers take that lane."""
+        if self.background is not None:
+            self.batcher.set_background_worker(True)
+            threading.Thread(
+                target=self._start_background, name="background-worker-start", daemon=True
+            ).start()
+        errors: list[BaseException] = []
 
-        def start(i: int, worker: Worker) -> None:
+        def start(worker: Worker) -> None:
             try:
                 worker.start()
             except BaseException as exc:
-                errors[i] = exc
+                errors.append(exc)
 
-        threads = [threading.Thread(target=start, args=(i, w), daemon=True) for i, w in enumerate(everyone)]
+        threads = [threading.Thread(target=start, args=(w,), daemon=True) for w in self.workers]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-        failed = [errors[i] for i in range(len(self.workers)) if i in errors]
-        if failed:
+        if errors:
             self.stop()
-            raise failed[0]
-        if self.background is not None:
-            if len(self.workers) in errors:
-                exc = errors[len(self.workers)]
+            raise errors[0]
+
+    def _start_background(self) -> None:
+        worker = self.background
+        assert worker is not None
+        try:
+            worker.start()
+        except Exception as exc:
+            if not self._stopped:
                 self._drop_background(f"the background worker failed to start: {type(exc).__name__}: {exc}")
-            else:
-                self.batcher.set_background_worker(True)
+            return
+        if self._stopped:  # the pool stopped while it was loading
+            worker.stop()
 
     def _drop_background(self, reason: str) -> None:
         """Serve the background lane from the model's workers from now on."""
@@ -149,6 +161,7 @@ class ModelPool:
         self.batcher.set_background_worker(False)
 
     def stop(self) -> None:
+        self._stopped = True
         self.batcher.stop()
         for worker in self.all_workers:
             worker.stop()
@@ -195,6 +208,6 @@ class ModelPool:
         if self.background_failure:
             return self.background_failure
         worker = self.background
-        if worker is None or worker.serving:
+        if worker is None or worker.serving or worker.failure is None:  # serving, or still loading
             return ""
         return f"the background worker (batch jobs) is restarting ({worker.failure or 'starting'})"
