@@ -29,10 +29,10 @@ ENTRY = ModelSettings(name=MODEL, base_model="fake", max_length=32, device="cpu"
 
 
 def make_engine(
-    tmp: Path, workers: str, batch_worker: str = "background"
+    tmp: Path, workers: str, batch_worker: str = "background", max_batch_size: int = 32
 ) -> tuple[EmbeddingEngine, Controls]:
     settings = Settings(
-        engine=EngineSettings(workers=workers, max_batch_wait_ms=0),  # type: ignore[arg-type]
+        engine=EngineSettings(workers=workers, max_batch_wait_ms=0, max_batch_size=max_batch_size),  # type: ignore[arg-type]
         models=[ENTRY],
         batch=BatchSettings(worker=batch_worker),  # type: ignore[arg-type]
     )
@@ -202,6 +202,32 @@ def test_the_background_worker_is_a_process_of_its_own_at_idle_priority(
     assert by_pid[interactive] == {_ids(f"interactive {i}") for i in range(20)}
     listed = {w["lane"]: w["batches"] for w in engine.workers(MODEL)}
     assert listed["background"] and listed["interactive"]
+
+
+def test_a_shared_worker_process_takes_background_work_only_when_idle(tmp_path: Path) -> None:
+    """`batch.worker = "shared"`: while a background batch runs, a full background batch waits
+    in the queue rather than in the worker's pipe, and an interactive request that arrives
+    goes next."""
+    engine, controls = make_engine(tmp_path, "process", "shared", max_batch_size=1)
+
+    async def scenario() -> None:
+        controls.close_gate()
+        first = asyncio.ensure_future(engine.embed(MODEL, "background one", priority="background"))
+        assert await asyncio.to_thread(controls.wait_entered)
+        second = asyncio.ensure_future(engine.embed(MODEL, "background two", priority="background"))
+        await asyncio.sleep(0.2)
+        urgent = asyncio.ensure_future(engine.embed(MODEL, "interactive"))
+        await asyncio.sleep(0.2)
+        controls.open_gate()
+        await asyncio.wait_for(asyncio.gather(first, second, urgent), 30)
+
+    try:
+        asyncio.run(scenario())
+        order = [rows for _, rows in _batches(controls)]
+        assert order == [{_ids("background one")}, {_ids("interactive")}, {_ids("background two")}]
+    finally:
+        controls.open_gate()
+        engine.stop()
 
 
 def test_shared_mode_and_thread_workers_start_no_background_worker(tmp_path: Path) -> None:
