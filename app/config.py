@@ -136,6 +136,8 @@ class ModelSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True
     # a list of devices (["cuda:0", "cuda:1"]) or a count (on CUDA cuda:0 .. cuda:N-1,
     # on CPU N workers on the CPU).
     devices: list[str] | int = 1
+    # On CUDA: replay small forwards from captured CUDA graphs (app/models/cuda_graphs.py).
+    cuda_graphs: bool = True
     normalize: bool = True
     instruction: str = ""
     aliases: list[Alias] = []

@@ -24,6 +24,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-cuda-graphs", action="store_true")
     args = parser.parse_args()
 
     from app.config import ModelSettings
@@ -38,6 +39,7 @@ def main() -> None:
             base_model=args.base,
             max_length=args.max_length,
             device=args.device,
+            cuda_graphs=not args.no_cuda_graphs,
         )
     )
     results: dict[str, object] = {"device": backend.device}

@@ -52,6 +52,7 @@ class Setup:
     device: str = "cpu"
     seconds_scale: float = 1.0
     batch_wait_ms: float = 5.0
+    cuda_graphs: bool = True
 
 
 CPU = Setup()
@@ -249,6 +250,7 @@ def bench_model(model: BenchModel, setup: Setup, batch_lines: int = 0) -> dict[s
         f"--batch-size={setup.batch_size}",
         f"--threads={setup.torch_threads}",
         f"--device={setup.device}",
+        *([] if setup.cuda_graphs else ["--no-cuda-graphs"]),
     )
     out = subprocess.run(limit_argv, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
     if out.returncode != 0:
@@ -269,6 +271,7 @@ def bench_model(model: BenchModel, setup: Setup, batch_lines: int = 0) -> dict[s
             batch_size=setup.batch_size,
             batch_tokens=setup.batch_tokens,
             batch_wait_ms=setup.batch_wait_ms,
+            cuda_graphs=setup.cuda_graphs,
         )
         + store
     )
@@ -533,10 +536,13 @@ def main() -> None:
     parser.add_argument(
         "--batch-lines", type=int, default=10_000, help="batch job run behind the latency scenario (0: none)"
     )
+    parser.add_argument("--no-cuda-graphs", action="store_true", help="LLM2Vec models on CUDA run eagerly")
     parser.add_argument("--out", default=str(ROOT / "bench" / "RESULTS.md"))
     parser.add_argument("--work", default=str(ROOT / "bench" / "out"), help="where models and raw results go")
     args = parser.parse_args()
     setup = GPU if args.gpu else CPU
+    if args.no_cuda_graphs:
+        setup = dataclasses.replace(setup, cuda_graphs=False)
     if args.batch_wait_ms is not None:
         setup = dataclasses.replace(setup, batch_wait_ms=args.batch_wait_ms)
     work = Path(args.work)

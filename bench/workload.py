@@ -54,6 +54,7 @@ def config_toml(
     batch_tokens: int = 16384,
     batch_wait_ms: float = 5.0,
     workers: str = "process",
+    cuda_graphs: bool = True,
 ) -> str:
     return f"""
 [server]
@@ -78,6 +79,7 @@ name = "{model.name}"
 kind = "{model.kind}"
 base_model = "{model.base_model}"
 max_length = {model.max_length}
+cuda_graphs = {"true" if cuda_graphs else "false"}
 """
 
 

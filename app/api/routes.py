@@ -9,6 +9,7 @@ from typing import TypeVar
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
+from litestar.types import ReceiveMessage
 
 from app.api.access import caller, require_model
 from app.api.body import read_body
@@ -30,21 +31,31 @@ T = TypeVar("T")
 async def _unless_disconnected(request: Request[object, object, State], work: Awaitable[T]) -> T:
     """Await `work`, cancelling it if the client disconnects first (its queued inputs are
     then dropped before they reach the model). Once the body is read, the ASGI server's
-    next message for this request is the disconnect."""
-    task = asyncio.ensure_future(work)
-    # Whatever the abandoned work ends with is retrieved here, never logged as "never retrieved".
-    task.add_done_callback(lambda done: done.cancelled() or done.exception())
-    watcher = asyncio.ensure_future(request.receive())
+    next message for this request is the disconnect. The work runs in this task (no task
+    of its own per request); a watcher cancels this task when the client leaves."""
+    task = asyncio.current_task()
+    assert task is not None
+    left = finished = False
+
+    def watch(watcher: asyncio.Future[ReceiveMessage]) -> None:
+        nonlocal left
+        if finished or watcher.cancelled() or watcher.exception() is not None:
+            return
+        if watcher.result().get("type") == "http.disconnect":
+            left = True
+            task.cancel()
+
+    watcher: asyncio.Future[ReceiveMessage] = asyncio.ensure_future(request.receive())
+    watcher.add_done_callback(watch)
     try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if task not in done and watcher.result().get("type") == "http.disconnect":
-            task.cancel()
-            raise ClientDisconnectedError
-        return await task
+        return await work
+    except asyncio.CancelledError:
+        if left and task.uncancel() == 0:
+            raise ClientDisconnectedError from None
+        raise
     finally:
+        finished = True
         watcher.cancel()
-        if not task.done():
-            task.cancel()
 
 
 def provide_engine(state: State) -> EmbeddingEngine:
@@ -69,9 +80,10 @@ class OpenAIController(Controller):
     path = "/v1"
 
     @post("/embeddings", status_code=200)
-    async def create_embeddings(
-        self, request: Request[object, object, State], engine: EmbeddingEngine, limiter: RateLimiter
-    ) -> Response[bytes]:
+    async def create_embeddings(self, request: Request[object, object, State]) -> Response[bytes]:
+        # The engine and limiter straight from the app's state rather than as dependencies:
+        # Litestar resolves several dependencies in a task group of their own, per request.
+        engine, limiter = provide_engine(request.app.state), provide_limiter(request.app.state)
         body = parse_embedding_request(await read_body(request))
         assert isinstance(body.model, str)  # parse_embedding_request checked it
         record = record_of(request.scope)

@@ -203,6 +203,11 @@ class Batcher:
             self.cond.notify_all()
 
     @property
+    def queued(self) -> bool:
+        """Whether any input waits, in either lane (read under `cond`, or as a hint)."""
+        return any(lane.items for lane in self._lanes.values())
+
+    @property
     def background_worker(self) -> bool:
         return self._background_worker
 
@@ -217,12 +222,6 @@ class Batcher:
         """(requests, tokens) waiting in the queue, both lanes."""
         with self.cond:
             return self._depth()
-
-    def lane_depth(self, priority: Priority) -> tuple[int, int]:
-        """(requests, tokens) waiting in one lane."""
-        with self.cond:
-            lane = self._lanes[priority]
-            return len(lane.jobs), lane.tokens
 
     def _depth(self) -> tuple[int, int]:
         lanes = self._lanes.values()

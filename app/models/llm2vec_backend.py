@@ -22,6 +22,7 @@ import numpy.typing as npt
 import torch
 
 from app.config import ModelSettings
+from app.models.cuda_graphs import GraphedForward
 from app.models.llm2vec.loading import Checkpoint, check_bidirectional, inspect_checkpoint, load_model
 from app.models.llm2vec.prompts import (
     cut_to_doc_max_length,
@@ -33,6 +34,10 @@ from app.models.tokenization import token_spans, tokenize_truncating
 from app.models.torch_runtime import forward_context, pad_batch, pooled_mask, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
+
+# The largest batch shape captured as a CUDA graph: query-sized batches, whose forward is
+# bound by kernel launches; longer ones are bound by the GPU and run eagerly.
+GRAPH_MAX_ROWS, GRAPH_MAX_WIDTH = 32, 256
 
 
 class LLM2VecTokenizer:
@@ -122,9 +127,34 @@ class LLM2VecModel:
         self._pooling = settings.pooling
         self._pad_id = pad_id
         self.dimensions = int(self._model.config.hidden_size)
+        self._graphs: GraphedForward | None = None
+        if settings.cuda_graphs and self.device.startswith("cuda"):
+            self._graphs = GraphedForward(
+                self._model, self.device, pad_id, GRAPH_MAX_ROWS, min(GRAPH_MAX_WIDTH, settings.max_length)
+            )
+            self._graphs.capture()
+
+    def pool_weights(self, batch: Sequence[TokenizedText], width: int) -> torch.Tensor:
+        """Each row's weight per token of a left-padded batch `width` wide: the pooling as
+        one weighted sum, as the CUDA graphs compute it (eager pooling below is the same)."""
+        if self._pooling in ("eos_token", "last_token"):
+            weights = torch.zeros((len(batch), width), dtype=torch.float32)
+            weights[:, -1] = 1.0
+            return weights
+        if self._pooling == "bos_token":
+            weights = torch.zeros((len(batch), width), dtype=torch.float32)
+            for row, item in enumerate(batch):
+                weights[row, width - len(item.input_ids)] = 1.0
+            return weights
+        weights = pooled_mask(batch, width, "cpu")
+        if self._pooling == "weighted_mean":
+            weights = weights * weights.cumsum(dim=1)
+        return weights / weights.sum(dim=1, keepdim=True)
 
     def embed(self, batch: Sequence[TokenizedText]) -> npt.NDArray[np.float32]:
         with forward_context():
+            if self._graphs is not None and self._graphs.fits(batch):
+                return self._graphs.run(batch, self.pool_weights)
             ids, mask, positions = pad_batch(batch, self._pad_id, "left", self.device)
             hidden = self._model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
             states = hidden.last_hidden_state.float()

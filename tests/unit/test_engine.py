@@ -186,3 +186,62 @@ def test_a_dead_model_fails_its_batch_at_once(tmp_path: Path, workers: str) -> N
 def fake_ids(text: str) -> list[int]:
     tokenizer = WordTokenizer(ModelSettings(name=MODEL, base_model="fake"))
     return list(tokenizer.tokenize([text], "")[0].input_ids)
+
+
+class _OneAtATime:
+    """Wraps a tokenizer part: records which threads used it and whether two ever overlapped."""
+
+    def __init__(self, inner: object) -> None:
+        import threading
+
+        self._inner = inner
+        self._guard = threading.Lock()
+        self.inside = 0
+        self.overlaps = 0
+        self.threads: set[int] = set()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    def tokenize(self, texts: list[str], instruction: str) -> object:
+        import threading
+
+        with self._guard:
+            self.inside += 1
+            self.overlaps += self.inside > 1
+            self.threads.add(threading.get_ident())
+        try:
+            time.sleep(0.002)  # wide enough for an overlap to show
+            return self._inner.tokenize(texts, instruction)  # type: ignore[attr-defined]
+        finally:
+            with self._guard:
+                self.inside -= 1
+
+
+def test_small_requests_tokenize_on_the_loop_never_beside_the_tokenizer_thread(
+    rig: tuple[EmbeddingEngine, Controls],
+) -> None:
+    """A query-sized request is tokenized on the event loop when the tokenizer is idle (no
+    trips to its thread); a big one goes to the thread in turns; the two never overlap."""
+    import threading
+
+    engine, _ = rig
+    slot = engine._slots[MODEL]
+    guarded = _OneAtATime(slot.tokenizer)
+    slot.tokenizer = guarded  # type: ignore[assignment]
+    big = [f"text {i} " + "word " * 4000 for i in range(12)]  # several turns of 16K characters
+
+    async def scenario() -> None:
+        loop_thread = threading.get_ident()
+        heavy = asyncio.ensure_future(engine.embed(MODEL, big))
+        smalls = []
+        for i in range(40):
+            smalls.append(asyncio.ensure_future(engine.embed(MODEL, f"small request {i}")))
+            await asyncio.sleep(0.001)
+        results = await asyncio.gather(heavy, *smalls)
+        assert all(r.vectors.shape[1] == DIMS for r in results)
+        assert loop_thread in guarded.threads  # some small ones ran inline
+        assert len(guarded.threads) == 2  # and the big one on the tokenizer thread
+
+    run(scenario())
+    assert guarded.overlaps == 0

@@ -331,7 +331,10 @@ class ProcessWorker:
     def _finish(self, batch_id: int) -> Batch:
         with self._batcher.cond:
             batch = self._in_flight.pop(batch_id)
-            self._batcher.cond.notify_all()
+            # The feeder waits for room in flight only while inputs are queued; waking it
+            # for nothing would take the GIL from the event loop just as it answers.
+            if self._batcher.queued or self._stopping.is_set():
+                self._batcher.cond.notify_all()
         return batch
 
     def _split(self, batch: Batch) -> None:
