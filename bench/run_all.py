@@ -205,9 +205,11 @@ def _serve(
     setup: Setup,
     scenarios: list[Scenario] = SCENARIOS,
     batch_lines: int = 0,
+    worker_core: str | None = None,
 ) -> dict[str, Any]:
     """Start a server, run every scenario against it, and read its memory; with
-    `batch_lines`, then the latency scenario again with a batch job running."""
+    `batch_lines`, then the latency scenario again with a batch job running. With
+    `worker_core`, the server's model worker processes are moved to that core once ready."""
     env = _env() | {"GATEWAY_API_KEY": KEY}
     log = Path(tempfile.mkdtemp()) / "server.log"
     with log.open("wb") as sink:
@@ -218,6 +220,9 @@ def _serve(
         except RuntimeError:
             print(log.read_text()[-3000:], flush=True)
             raise
+        if worker_core is not None:
+            for child in psutil.Process(process.pid).children(recursive=True):
+                os.sched_setaffinity(child.pid, {int(worker_core)})
         with RssSampler(process.pid) as sampler:
             after_load = sampler.rss()
             runs = {}
@@ -330,7 +335,16 @@ def bench_standin(setup: Setup) -> dict[str, Any]:
         )
         url = f"http://127.0.0.1:{port}"
         argv = _pinned(setup.server_core, "-m", "bench.standin", "serve", "--config", str(config))
-        result[workers] = _serve(argv, f"{url}/ready", url, STANDIN, setup, SCENARIOS[:2])
+        if workers == "process" and setup.server_core is not None and setup.client_core is not None:
+            # Two cores, three processes: the worker gets a core of its own, as the in-process
+            # limit had, and the load generator shares the gateway's. (The thread gateway runs
+            # the model in its own process: it keeps the server core, the load generator the other.)
+            placed = dataclasses.replace(setup, client_core=setup.server_core)
+            result[workers] = _serve(
+                argv, f"{url}/ready", url, STANDIN, placed, SCENARIOS[:2], worker_core=setup.client_core
+            )
+        else:
+            result[workers] = _serve(argv, f"{url}/ready", url, STANDIN, setup, SCENARIOS[:2])
     return result
 
 
@@ -345,8 +359,10 @@ def render_standin(result: dict[str, Any]) -> list[str]:
         "",
         "Each forward holds the GIL for 18 ms + 0.75 ms per row in pure Python and sleeps 1 ms; "
         "4096-dimension vectors. `thread`: the model in a thread of the gateway process (as before "
-        "model workers); `process`: in a worker process (the default). Same pinning as above: "
-        "the gateway and its worker on the server core.",
+        "model workers); `process`: in a worker process (the default). Pinning: `thread` as above "
+        "(gateway on core 0, load generator on core 1); `process`: the worker process on core 1 "
+        "alone (as the in-process limit had a core alone), the gateway and the load generator on "
+        "core 0.",
         "",
         f"In-process limit: {limit:.1f} inputs/s (batches of 32); single forward {single:.2f} ms p50.",
         "",
@@ -367,7 +383,27 @@ def render_standin(result: dict[str, Any]) -> list[str]:
     if any("error" in run for run in runs.values()):
         return [*lines, "", "The process-worker gateway failed a scenario: no targets are judged.", ""]
     latency, small = (runs[s.name] for s in SCENARIOS[:2])
+    # A forward costs about fixed + per_row x rows (from the single and the 32-row figures).
+    # 32 clients that each wait for their answer can fill 32-row batches only if the server
+    # waits, after each batch, for all 32 answers to go out and 32 new requests to come in
+    # and be tokenized (one batch per f(32) + that round trip: the limit needs it to be
+    # ~0). Otherwise a client whose answer just left misses the next forward, and two
+    # consecutive forwards hold at most 32 rows: 32 rows per (2 x fixed + 32 x per_row).
+    full = 32 / limit * 1000
+    per_row = (full - single) / 31
+    fixed = single - per_row
+    cycle = 2 * fixed + 32 * per_row
+    bound = 32 / cycle * 1000
+    round_trip = (32 / (0.9 * limit) * 1000 - full) / 32
     lines += [
+        "",
+        f"Closed-loop bound for 32 clients: a forward costs about {fixed:.1f} ms + {per_row:.2f} ms "
+        f"per row. 32 clients that each wait for their answer reach 0.9 x the limit only if the "
+        f"server runs 32-row batches with under {round_trip:.2f} ms per request for the answer to "
+        f"go out and the next request to arrive and be tokenized (the HTTP client alone costs "
+        f"more); otherwise the best schedule is two alternating batches, 32 rows per "
+        f"{cycle:.1f} ms = {bound:.1f} inputs/s, {bound / limit:.2f} x the limit. Process workers reach "
+        f"{small['inputs_per_s'] / bound:.2f} of that bound.",
         "",
         "| target (process workers) | measured | verdict |",
         "|---|---|---|",
