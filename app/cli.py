@@ -152,6 +152,8 @@ def _keys_revoke(args: argparse.Namespace) -> None:
 def _batch(args: argparse.Namespace) -> None:
     import asyncio
 
+    import msgspec
+
     from app.batches.offline import errors_path, run_file, write_npy, write_parquet
     from app.engine.engine import EmbeddingEngine
     from app.logs import configure_logging
@@ -162,7 +164,10 @@ def _batch(args: argparse.Namespace) -> None:
     if not source.is_file():
         print(f"error: no such input file: {source}", file=sys.stderr)
         raise SystemExit(2)
-    engine = EmbeddingEngine(settings)
+    # In-process with nothing interactive to yield to: no background worker, the model's
+    # own workers run every line.
+    no_api = msgspec.structs.replace(settings.batch, enabled=False)
+    engine = EmbeddingEngine(msgspec.structs.replace(settings, batch=no_api))
 
     async def run() -> int:
         engine.start()

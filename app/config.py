@@ -34,6 +34,7 @@ OnOverflow = Literal["truncate", "error", "chunk"]
 LogFormat = Literal["text", "json"]
 OnStorageError = Literal["open", "closed"]
 WorkerKind = Literal["process", "thread"]
+BatchWorker = Literal["background", "shared"]
 
 
 class ConfigError(Exception):
@@ -180,9 +181,17 @@ class BatchSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True
     # OpenAI's upload limits for batch input files.
     max_file_bytes: int = 200 * 1024 * 1024
     max_file_lines: int = 50_000
-    # Inputs the runner puts in flight at once, and how long it yields to queued
-    # interactive requests before it submits its next chunk anyway.
+    # Inputs the runner puts in flight at once (one commit per chunk).
     chunk_inputs: int = 32
+    # Batch work runs below interactive requests: "background" = a worker process per model
+    # of its own (its own copy of the weights) at the lowest CPU priority, which the OS
+    # preempts for interactive work; "shared" = the model's workers, only while no
+    # interactive input is queued (no extra copy: for one big GPU model).
+    worker: BatchWorker = "background"
+    # Torch threads of the background worker.
+    worker_threads: int = 1
+    # No longer used (the runner waited for the queue to empty before each chunk; the
+    # queue's background lane replaced that). Accepted so older configs still load.
     max_yield_ms: float = 200.0
 
 
@@ -339,6 +348,8 @@ def _check_batch(batch: BatchSettings) -> None:
         raise ConfigError("batch: max_file_bytes, max_file_lines and chunk_inputs must be at least 1")
     if batch.max_yield_ms < 0:
         raise ConfigError("batch.max_yield_ms: must be 0 or more")
+    if batch.worker_threads < 1:
+        raise ConfigError("batch.worker_threads: must be at least 1")
 
 
 def _check_controls(settings: Settings) -> None:

@@ -106,7 +106,6 @@ def create_app(
             store,
             app_engine,
             settings.batch,
-            queue_depth=app_engine.queue_depth,
             budget=limiter,
             ready=lambda: "loading" not in app_engine.status().values(),
         )

@@ -155,4 +155,5 @@ async def ready(engine: EmbeddingEngine, state: State) -> Response[bytes]:
     draining: bool = state.drain.draining
     ok = engine.ready and not draining
     status = "draining" if draining else "ready" if ok else "not ready"
-    return _json({"status": status, "models": engine.status()}, 200 if ok else 503)
+    body = {"status": status, "models": engine.status(), "workers": engine.worker_lanes()}
+    return _json(body, 200 if ok else 503)

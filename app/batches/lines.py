@@ -26,6 +26,7 @@ from app.api.encoding import encode_vectors
 from app.api.parsing import parse_embedding_request
 from app.api.schemas import Embedding, EmbeddingResponse, ErrorBody, ErrorResponse, Usage
 from app.auth.keys import KeyIdentity
+from app.engine.batcher import Priority
 from app.errors import GatewayError, InternalServerError, OverloadedError
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class Embedder(Protocol):
         instruction: str | None = None,
         dimensions: int | None = None,
         request_id: str = "-",
+        priority: Priority = "interactive",
     ) -> EmbedResult: ...
 
 
@@ -129,12 +131,14 @@ def problem_line(custom_id: str | None, code: str, message: str) -> LineResult:
 RETRY_OVERLOADED_SECONDS = 60.0
 
 
-async def run_line(parsed: ParsedLine, key: KeyIdentity, engine: Embedder) -> LineResult:
+async def run_line(
+    parsed: ParsedLine, key: KeyIdentity, engine: Embedder, priority: Priority = "interactive"
+) -> LineResult:
     """Run one request line through the embeddings endpoint's own parsing and the engine;
     a 503 from the engine (overloaded, model loading) is waited out, not written down."""
     deadline = time.monotonic() + RETRY_OVERLOADED_SECONDS
     while True:
-        result = await _run_line(parsed, key, engine)
+        result = await _run_line(parsed, key, engine, priority)
         if result is not None or time.monotonic() > deadline:
             return result or _error_response(
                 parsed.custom_id, "-", OverloadedError("The engine stayed busy.")
@@ -142,7 +146,9 @@ async def run_line(parsed: ParsedLine, key: KeyIdentity, engine: Embedder) -> Li
         await asyncio.sleep(0.5)
 
 
-async def _run_line(parsed: ParsedLine, key: KeyIdentity, engine: Embedder) -> LineResult | None:
+async def _run_line(
+    parsed: ParsedLine, key: KeyIdentity, engine: Embedder, priority: Priority
+) -> LineResult | None:
     if parsed.problem is not None:
         return problem_line(parsed.custom_id, *parsed.problem)
     assert parsed.body is not None
@@ -157,6 +163,7 @@ async def _run_line(parsed: ParsedLine, key: KeyIdentity, engine: Embedder) -> L
             instruction=body.instruction,
             dimensions=body.dimensions,
             request_id=request_id,
+            priority=priority,
         )
     except OverloadedError:
         return None

@@ -1,12 +1,11 @@
 """The background runner: one job at a time, a chunk of lines at a time, below interactive load.
 
-Priority without touching the batcher: before each chunk the runner waits (up to
-`batch.max_yield_ms`) for the model queues to hold no interactive request, then puts at most
-`batch.chunk_inputs` inputs in flight and waits for all of them. An interactive request
-therefore waits behind at most one chunk of batch work, and the batch still progresses under
-steady load. Tokens are charged to the owner's TPM after each chunk, and while the key has
-no tokens left in its window the runner waits for the window to reset (the job is never
-failed for it).
+The runner puts at most `batch.chunk_inputs` inputs in flight and waits for all of them.
+They go through the engine at background priority: the model queue's background lane, run
+by the model's background worker at the lowest CPU priority (or, with `batch.worker =
+"shared"`, by its workers only while no interactive input waits). Tokens are charged to
+the owner's TPM after each chunk, and while the key has no tokens left in its window the
+runner waits for the window to reset (the job is never failed for it).
 
 Each chunk: run its lines, append the output and error lines to the job's two files, sync
 them, then commit the progress in one transaction (app.batches.store). A restart truncates
@@ -20,7 +19,6 @@ import contextlib
 import json
 import logging
 import os
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Protocol
@@ -31,8 +29,6 @@ from app.batches.store import BatchRecord, BatchStatus, BatchStore, FileRecord, 
 from app.config import BatchSettings
 
 logger = logging.getLogger(__name__)
-
-_QUIET_POLL_SECONDS = 0.002
 
 
 class TokenBudget(Protocol):
@@ -67,14 +63,12 @@ class BatchRunner:
         engine: Embedder,
         settings: BatchSettings,
         *,
-        queue_depth: Callable[[], dict[str, tuple[int, int]]] | None = None,
         budget: TokenBudget | None = None,
         ready: Callable[[], bool] | None = None,
     ) -> None:
         self._store = store
         self._engine = engine
         self._settings = settings
-        self._queue_depth = queue_depth
         self._budget = budget
         self._ready = ready
         self._wake = asyncio.Event()
@@ -178,7 +172,6 @@ class BatchRunner:
                     return
                 await self._wait_for_models(job)
                 await self._wait_for_tokens(job, key)
-                await self._wait_for_quiet()
                 results = await self._run_chunk(job, chunk, key)
                 progress = Progress(line_no + len(chunk), offset + consumed, out_bytes, err_bytes)
                 for result, parsed in zip(results, chunk, strict=True):
@@ -220,7 +213,7 @@ class BatchRunner:
                 continue
             if parsed.custom_id is not None:
                 seen.add(parsed.custom_id)
-            runs.append(asyncio.ensure_future(run_line(parsed, key, self._engine)))
+            runs.append(asyncio.ensure_future(run_line(parsed, key, self._engine, "background")))
         try:
             return list(await asyncio.gather(*runs))
         except BaseException:
@@ -240,14 +233,6 @@ class BatchRunner:
             record = await asyncio.to_thread(self._store.get_batch, other)
             if record is not None and record.status == "cancelling":
                 await self._settle(record, "cancelled")
-
-    async def _wait_for_quiet(self) -> None:
-        """Yield to interactive requests already queued, for at most `max_yield_ms`."""
-        if self._queue_depth is None:
-            return
-        deadline = time.monotonic() + self._settings.max_yield_ms / 1000
-        while any(requests for requests, _ in self._queue_depth().values()) and time.monotonic() < deadline:
-            await asyncio.sleep(_QUIET_POLL_SECONDS)
 
     async def _wait_for_models(self, job: BatchRecord) -> None:
         """After a restart the job resumes before the models are loaded: wait for them rather

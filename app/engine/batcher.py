@@ -9,6 +9,11 @@ While interactive requests are about and bulk work is queued, forwards are kept 
 (app.engine.pacing). Workers
 (app.engine.workers) run the batches, in a thread or in a worker process; a batch that
 fails fails only the requests in it.
+
+The queue has two lanes: interactive requests and background work (Batch API jobs). A
+batch never mixes them. With a background worker (`background_worker`), it alone takes the
+background lane and the model's workers only the interactive one; without, the model's
+workers take background inputs only while no interactive input is queued.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -36,6 +42,8 @@ OVERLOADED = "The engine is currently overloaded, please try again later."
 RETRY_AFTER = {"Retry-After": "1"}
 
 Vectors = npt.NDArray[np.float32]
+Priority = Literal["interactive", "background"]
+PRIORITIES: tuple[Priority, ...] = ("interactive", "background")
 
 
 def overloaded() -> OverloadedError:
@@ -60,6 +68,7 @@ class Job:
     dimensions: int
     loop: asyncio.AbstractEventLoop
     request_id: str = "-"
+    priority: Priority = "interactive"
     future: asyncio.Future[Vectors] = field(init=False)
     vectors: Vectors = field(init=False)
     remaining: int = field(init=False)
@@ -137,6 +146,11 @@ class Batch:
         return {item.job for item in self.items}
 
     @property
+    def priority(self) -> Priority:
+        # A batch is taken from one lane, so every item has its lane.
+        return self.items[0].job.priority
+
+    @property
     def padded_tokens(self) -> int:
         return padded_tokens(self.rows)
 
@@ -148,8 +162,23 @@ class Batch:
         return Batch.of(first), Batch.of(second)
 
 
-# may_take(queued inputs, queued tokens): whether a worker wants a batch now.
-MayTake = Callable[[int, int], bool]
+# may_take(lane, queued inputs, queued tokens): whether a worker wants a batch from that lane now.
+MayTake = Callable[[Priority, int, int], bool]
+
+
+def always(priority: Priority, queued: int, tokens: int) -> bool:
+    return True
+
+
+@dataclass(eq=False)
+class _Lane:
+    """One lane's queued inputs, oldest first."""
+
+    items: list[Item] = field(default_factory=list)
+    tokens: int = 0
+    jobs: set[Job] = field(default_factory=set)
+    # How many requests the lane's last batch served: evidence of how many clients are active.
+    expected_jobs: int = 1
 
 
 class Batcher:
@@ -173,12 +202,10 @@ class Batcher:
         self._max_wait = max_wait_seconds
         self._max_unserved = max_unserved_seconds
         self._pace = ForwardPace(max_batch_tokens, max_batch_seconds)
-        # How many requests the last batch served: evidence of how many clients are active.
-        self._expected_jobs = 1
         self.cond = threading.Condition()
-        self._queue: list[Item] = []
-        self._queued_tokens = 0
-        self._queued_jobs: set[Job] = set()
+        self._lanes: dict[Priority, _Lane] = {p: _Lane() for p in PRIORITIES}
+        # True while a dedicated background worker serves the background lane (app.engine.workers.pool).
+        self._background_worker = False
         self.stopping = False
         # Set when no worker can serve any more: new requests are refused with it.
         self.refusal: GatewayError | None = None
@@ -194,8 +221,18 @@ class Batcher:
 
     @property
     def queued(self) -> bool:
-        """Whether any input waits (read under `cond`, or as a hint)."""
-        return bool(self._queue)
+        """Whether any input waits, in either lane (read under `cond`, or as a hint)."""
+        return any(lane.items for lane in self._lanes.values())
+
+    @property
+    def background_worker(self) -> bool:
+        return self._background_worker
+
+    def set_background_worker(self, present: bool) -> None:
+        """Whether a worker of its own serves the background lane; if not, the model's workers do."""
+        with self.cond:
+            self._background_worker = present
+            self.cond.notify_all()
 
     @property
     def paced(self) -> bool:
@@ -204,7 +241,10 @@ class Batcher:
         return self._pace.interactive(time.perf_counter()) and self._bulk_queued()
 
     def _bulk_queued(self) -> bool:
-        return any(self._pace.is_bulk(job.tokens) for job in self._queued_jobs)
+        """Work that needs more than a short forward waits for the model's workers: a big
+        interactive request, or background work when no worker of its own serves it."""
+        lanes = ("interactive",) if self._background_worker else PRIORITIES
+        return any(self._pace.is_bulk(job.tokens) for p in lanes for job in self._lanes[p].jobs)
 
     def warmed_up(self, padded_tokens: int, seconds: float) -> None:
         """A worker's warm-up forward: the model's first speed estimate."""
@@ -213,9 +253,13 @@ class Batcher:
 
     @property
     def depth(self) -> tuple[int, int]:
-        """(requests, tokens) waiting in the queue."""
+        """(requests, tokens) waiting in the queue, both lanes."""
         with self.cond:
-            return len(self._queued_jobs), self._queued_tokens
+            return self._depth()
+
+    def _depth(self) -> tuple[int, int]:
+        lanes = self._lanes.values()
+        return sum(len(lane.jobs) for lane in lanes), sum(lane.tokens for lane in lanes)
 
     # -- called from the event loop ----------------------------------------------------------
 
@@ -224,21 +268,25 @@ class Batcher:
         with self.cond:
             if self.stopping or self.refusal is not None:
                 raise self.refusal or not_serving(self.model)
-            # An empty queue always admits, so one request up to the per-request limit fits.
-            if self._queue and self._queued_tokens + job.tokens > self._max_queue_tokens:
+            # One bound over both lanes; an empty queue always admits, so one request up to
+            # the per-request limit fits.
+            requests, tokens = self._depth()
+            if requests and tokens + job.tokens > self._max_queue_tokens:
                 raise overloaded()
             job.enqueued = job.last_taken = time.perf_counter()
-            self._pace.request(job.tokens, job.enqueued)
-            self._queue.extend(Item(job, i, text) for i, text in enumerate(job.items))
-            self._queued_tokens += job.tokens
-            self._queued_jobs.add(job)
+            if job.priority == "interactive":  # background work never asks for short forwards
+                self._pace.request(job.tokens, job.enqueued)
+            lane = self._lanes[job.priority]
+            lane.items.extend(Item(job, i, text) for i, text in enumerate(job.items))
+            lane.tokens += job.tokens
+            lane.jobs.add(job)
             self._report_depth()
             self.cond.notify_all()
 
     def cancel(self, job: Job) -> None:
         """Drop a job's queued inputs (its client went away) before they reach the model."""
         with self.cond:
-            if job in self._queued_jobs:
+            if job in self._lanes[job.priority].jobs:
                 self._drop(job)
                 self._report_depth()
 
@@ -246,73 +294,106 @@ class Batcher:
 
     def _drop(self, job: Job) -> None:
         """Remove every queued input of `job`; the caller holds the lock."""
-        kept = [item for item in self._queue if item.job is not job]
-        self._queued_tokens -= sum(len(i.text.input_ids) for i in self._queue if i.job is job)
-        self._queue = kept
-        self._queued_jobs.discard(job)
+        lane = self._lanes[job.priority]
+        lane.tokens -= sum(len(i.text.input_ids) for i in lane.items if i.job is job)
+        lane.items = [item for item in lane.items if item.job is not job]
+        lane.jobs.discard(job)
 
     def _report_depth(self) -> None:
-        self._observer.on_queue_depth(self.model, len(self._queued_jobs), self._queued_tokens)
+        self._observer.on_queue_depth(self.model, *self._depth())
 
-    def take(self, may_take: MayTake, running: Callable[[], bool] = lambda: True) -> Batch | None:
-        """The next batch, waiting for work and for `may_take`; None when stopping or when
-        `running()` turns false. Inputs whose callers went away are dropped, not returned."""
+    def _lane_to_take(self, may_take: MayTake, background_only: bool) -> Priority | None:
+        """The lane a worker takes its next batch from, if any; the caller holds the lock.
+        Background inputs go to a worker of the model only while no interactive one waits."""
+        if background_only:
+            order: tuple[Priority, ...] = ("background",)
+        elif self._background_worker:
+            order = ("interactive",)
+        else:
+            order = PRIORITIES
+        for priority in order:
+            lane = self._lanes[priority]
+            if lane.items:
+                return priority if may_take(priority, len(lane.items), lane.tokens) else None
+        return None
+
+    def take(
+        self,
+        may_take: MayTake,
+        running: Callable[[], bool] = lambda: True,
+        *,
+        background_only: bool = False,
+    ) -> Batch | None:
+        """The next batch, from one lane, waiting for work and for `may_take`; None when
+        stopping or when `running()` turns false. Inputs whose callers went away are dropped,
+        not returned. `background_only`: the caller is the background worker."""
         with self.cond:
             while True:
-                while (
-                    not self.stopping
-                    and running()
-                    and not (self._queue and may_take(len(self._queue), self._queued_tokens))
-                ):
+                priority = None
+                while not self.stopping and running():
+                    priority = self._lane_to_take(may_take, background_only)
+                    if priority is not None:
+                        break
                     self.cond.wait()
-                self._wait_for_company()
+                if self.stopping or not running() or priority is None:
+                    return None
+                lane = self._lanes[priority]
+                yields = priority == "background" and not background_only and not self._background_worker
+                self._wait_for_company(lane, self._lanes["interactive"] if yields else None)
                 if self.stopping or not running():
                     return None
+                if not lane.items or (yields and self._lanes["interactive"].items):
+                    continue  # cancelled meanwhile, or an interactive input came first
                 now = time.perf_counter()
-                budget = self._pace.cap(now, self._bulk_queued())
-                lengths = [len(item.text.input_ids) for item in self._queue]
+                # The background worker (a process of its own, at idle priority) is never paced.
+                budget = (
+                    self.max_batch_tokens if background_only else self._pace.cap(now, self._bulk_queued())
+                )
+                lengths = [len(item.text.input_ids) for item in lane.items]
                 first = first_input(
                     lengths,
-                    [item.job for item in self._queue],
-                    {job: now - job.last_taken for job in self._queued_jobs},
+                    [item.job for item in lane.items],
+                    {job: now - job.last_taken for job in lane.jobs},
                     self._max_unserved,
                     self.max_batch_size,
                     budget,
                 )
                 picked = select_batch(lengths, self.max_batch_size, budget, first)
                 chosen = set(picked)
-                items = [self._queue[i] for i in picked]
-                self._queue = [item for i, item in enumerate(self._queue) if i not in chosen]
-                self._queued_tokens -= sum(len(item.text.input_ids) for item in items)
-                self._queued_jobs &= {item.job for item in self._queue}
+                items = [lane.items[i] for i in picked]
+                lane.items = [item for i, item in enumerate(lane.items) if i not in chosen]
+                lane.tokens -= sum(len(item.text.input_ids) for item in items)
+                lane.jobs &= {item.job for item in lane.items}
                 self._report_depth()
                 live = [item for item in items if not item.job.gone]
                 if not live:
                     continue
-                self._expected_jobs = len({item.job for item in live})
+                lane.expected_jobs = len({item.job for item in live})
                 started = time.perf_counter()
                 for item in live:
                     item.job.last_taken = started
                     if item.job.started is None:
                         item.job.started = started
                 batch = Batch.of(live)
-                batch.budget = budget
+                batch.budget = 0 if background_only else budget  # 0: not a sample of the model's speed
                 return batch
 
-    def _wait_for_company(self) -> None:
-        """Wait briefly for the clients the last batch served to send their next requests.
+    def _wait_for_company(self, lane: _Lane, yield_to: _Lane | None) -> None:
+        """Wait briefly for the clients the lane's last batch served to send their next requests.
 
         With many clients in lock-step, their next requests arrive spread over the moment
         their answers go out; a batch formed from the first arrivals alone leaves the rest
         for a second, mostly empty batch. One client alone (the last batch served a single
-        request) never waits. The caller holds the lock.
+        request) never waits. A background batch for a model's own worker stops waiting
+        when an interactive input arrives (`yield_to`). The caller holds the lock.
         """
         deadline = time.monotonic() + self._max_wait
         while (
             not self.stopping
-            and len(self._queued_jobs) < self._expected_jobs
-            and len(self._queue) < self.max_batch_size
-            and self._queued_tokens < self.max_batch_tokens
+            and len(lane.jobs) < lane.expected_jobs
+            and len(lane.items) < self.max_batch_size
+            and lane.tokens < self.max_batch_tokens
+            and not (yield_to is not None and yield_to.items)
         ):
             left = deadline - time.monotonic()
             if left <= 0:
@@ -352,7 +433,7 @@ class Batcher:
         error = exc if isinstance(exc, GatewayError) else InternalServerError()
         with self.cond:
             for job in jobs:
-                if job in self._queued_jobs:
+                if job in self._lanes[job.priority].jobs:
                     self._drop(job)
             self._report_depth()
             settle = [job for job in jobs if not job.finished]
@@ -365,10 +446,8 @@ class Batcher:
         """Nothing can serve the model any more: fail the queue and refuse what comes."""
         with self.cond:
             self.refusal = error
-            jobs = set(self._queued_jobs)
-            self._queue.clear()
-            self._queued_jobs.clear()
-            self._queued_tokens = 0
+            jobs = set().union(*(lane.jobs for lane in self._lanes.values()))
+            self._lanes = {p: _Lane() for p in PRIORITIES}
             self._report_depth()
             settle = [job for job in jobs if not job.finished]
             for job in settle:

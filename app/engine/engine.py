@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from app.config import ModelSettings, Settings
-from app.engine.batcher import Batcher, Job, overloaded
+from app.engine.batcher import Batcher, Job, Priority, overloaded
 from app.engine.cache import make_cache, model_identity
 from app.engine.chunking import ChunkPlan, expand, join_plans
 from app.engine.observer import EngineObserver, NullObserver
@@ -108,6 +108,14 @@ class EmbeddingEngine:
         self._loading = threading.Thread(target=self._load_all, name="model-loader", daemon=True)
         self._loading.start()
 
+    def _background_threads(self) -> int | None:
+        """The background worker's torch threads, or None where there is none: Batch API
+        jobs off, `batch.worker = "shared"`, or thread workers (a thread cannot be preempted)."""
+        batch, engine = self._settings.batch, self._settings.engine
+        if batch.enabled and batch.worker == "background" and engine.workers == "process":
+            return batch.worker_threads
+        return None
+
     def _load_all(self) -> None:
         from app.models.registry import RegistryLoader
         from app.models.torch_runtime import configure_threads
@@ -141,6 +149,7 @@ class EmbeddingEngine:
                     kind=engine.workers,
                     threads=engine.torch_threads,
                     warmup=self._warm_up_batch(tokenizer),
+                    background_threads=self._background_threads(),
                 )
                 pool.start()
                 slot.tokenizer, slot.pool = tokenizer, pool
@@ -204,21 +213,31 @@ class EmbeddingEngine:
         return {name: slot.pool.batcher.depth for name, slot in self._slots.items() if slot.pool is not None}
 
     def workers(self, model: str) -> list[dict[str, object]]:
-        """Each worker of a loaded model: index, device, pid, serving, batches run and in flight."""
+        """Each worker of a loaded model: index, lane ("interactive", or "background": the
+        worker that runs only Batch API jobs), device, pid, serving, batches run and in flight."""
         pool = self._slots[self.resolve(model).entry.name].pool
         if pool is None:
             return []
         return [
             {
                 "index": w.index,
+                "lane": w.lane,
                 "device": w.device,
                 "pid": w.pid,
                 "serving": w.serving,
                 "batches": w.batches,
                 "in_flight": w.in_flight,
             }
-            for w in pool.workers
+            for w in pool.all_workers
         ]
+
+    def worker_lanes(self) -> dict[str, list[dict[str, object]]]:
+        """Per loaded model, each worker's lane, device and whether it serves (for /ready)."""
+        return {
+            name: [{"lane": w.lane, "device": w.device, "serving": w.serving} for w in slot.pool.all_workers]
+            for name, slot in self._slots.items()
+            if slot.pool is not None
+        }
 
     # -- names -------------------------------------------------------------------------------
 
@@ -245,11 +264,13 @@ class EmbeddingEngine:
         instruction: str | None = None,
         dimensions: int | None = None,
         request_id: str = "-",
+        priority: Priority = "interactive",
     ) -> EmbeddingResult:
         """Validate, tokenize (off the loop), queue, await the batcher, then cut and normalise.
 
         Cancelling the awaiting task (the client went away) drops the request's queued
-        inputs before they reach the model.
+        inputs before they reach the model. `priority="background"` (Batch API jobs) queues
+        the inputs in the background lane, below every interactive request.
         """
         served = self.resolve(model)
         slot = self._slots[served.entry.name]
@@ -277,7 +298,7 @@ class EmbeddingEngine:
             jobs: list[Job] = []
 
             async def compute(rows: list[TokenizedText]) -> npt.NDArray[np.float32]:
-                job = Job(rows, model_dimensions, loop, request_id)
+                job = Job(rows, model_dimensions, loop, request_id, priority)
                 jobs.append(job)
                 batcher.submit(job)
                 try:

@@ -54,8 +54,9 @@ class ForwardPace:
             self._interactive_until = now + INTERACTIVE_WINDOW_S
 
     def completed(self, padded_tokens: int, seconds: float, planned_cap: int) -> None:
-        """A forward of `padded_tokens` took `seconds`; it was planned under `planned_cap`."""
-        if padded_tokens <= 0 or seconds <= 0 or 2 * padded_tokens < planned_cap:
+        """A forward of `padded_tokens` took `seconds`; it was planned under `planned_cap`
+        (0: not planned from the model's own workers' queue, so not counted)."""
+        if planned_cap <= 0 or padded_tokens <= 0 or seconds <= 0 or 2 * padded_tokens < planned_cap:
             return
         rate = seconds / padded_tokens
         if self.seconds_per_token is None:

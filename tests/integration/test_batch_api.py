@@ -89,6 +89,7 @@ def test_batch_job_end_to_end(gateway: Gateway) -> None:
     }
     file = sdk.files.retrieve(upload(sdk, lines[:10] + list(bad.values()) + lines[10:]))
     assert (file.purpose, file.object, file.filename) == ("batch", "file", "requests.jsonl")
+    before = _batches_by_lane(gateway)
     created = sdk.batches.create(
         input_file_id=file.id, endpoint="/v1/embeddings", completion_window="24h", metadata={"run": "t1"}
     )
@@ -107,8 +108,13 @@ def test_batch_job_end_to_end(gateway: Gateway) -> None:
     out_ids = Counter(o["custom_id"] for o in outputs)
     assert out_ids == Counter([f"doc-{i}" for i in range(30)] + ["pair", "short"])
     by_id = {o["custom_id"]: o for o in outputs}
+    # The job ran on the background worker alone; an interactive request on the model's worker.
+    during = _batches_by_lane(gateway)
+    assert during["background"] > before["background"] and during["interactive"] == before["interactive"]
     # The vectors are the interactive endpoint's.
     online = sdk.embeddings.create(model=MINILM, input=texts[:3], encoding_format="float")
+    after = _batches_by_lane(gateway)
+    assert after == {"interactive": during["interactive"] + 1, "background": during["background"]}
     for i in range(3):
         response = by_id[f"doc-{i}"]["response"]
         assert response["status_code"] == 200 and response["request_id"]
@@ -136,6 +142,14 @@ def test_batch_job_end_to_end(gateway: Gateway) -> None:
     assert {e["id"] for e in errors + outputs}.__len__() == total
     output_file = sdk.files.retrieve(batch.output_file_id or "")
     assert output_file.purpose == "batch_output"
+
+
+def _batches_by_lane(gateway: Gateway) -> dict[str, int]:
+    """Forward passes run so far by the model's workers and by its background worker."""
+    counts = {"interactive": 0, "background": 0}
+    for worker in gateway.engine.workers(MINILM):
+        counts[str(worker["lane"])] += int(worker["batches"])  # type: ignore[call-overload]
+    return counts
 
 
 def test_cancel_stops_the_job_and_keeps_what_was_done(gateway: Gateway) -> None:

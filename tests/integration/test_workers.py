@@ -9,6 +9,7 @@ import os
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from signal import SIGKILL
@@ -16,11 +17,13 @@ from signal import SIGKILL
 import httpx
 import msgspec
 import numpy as np
+import openai
 import pytest
 from openai import AsyncOpenAI
 
 from tests.conftest import MINILM, TEST_KEY, settings_with
 from tests.fake_backend import FakeLoader
+from tests.integration.test_batch_api import read_lines, request_line, upload, wait_done
 from tests.serving import Gateway, run_gateway
 
 TEXTS = [f"sentence {i} about the river, the market and the {i % 7}th train" for i in range(24)]
@@ -61,9 +64,16 @@ def test_two_cpu_workers_both_serve_and_equal_one(
 ) -> None:
     gateway, loader = two_workers
     controls = loader.controls(MINILM)
+    # The background worker loads at the lowest CPU priority, after /ready if need be.
+    assert _wait_for(lambda: all(w["serving"] for w in gateway.engine.workers(MINILM)), 120)
     workers = gateway.engine.workers(MINILM)
-    assert [w["device"] for w in workers] == ["cpu", "cpu"]
-    assert len({w["pid"] for w in workers} | {os.getpid()}) == 3  # two processes of their own
+    # Two workers, and the background worker for Batch API jobs (a process of its own too).
+    assert [(w["lane"], w["device"]) for w in workers] == [
+        ("interactive", "cpu"),
+        ("interactive", "cpu"),
+        ("background", "cpu"),
+    ]
+    assert len({w["pid"] for w in workers} | {os.getpid()}) == 4
     controls.forget_batches()
     # The gate holds the first worker on the first request, so the second takes the next.
     controls.close_gate()
@@ -80,7 +90,11 @@ def test_two_cpu_workers_both_serve_and_equal_one(
     two = _embed_all(gateway, TEXTS, concurrency=8)
     one = _embed_all(minilm_gateway, TEXTS, concurrency=1)
     np.testing.assert_allclose(np.array(two), np.array(one), atol=2e-6)
-    assert all(w["batches"] for w in gateway.engine.workers(MINILM))
+    assert all(w["batches"] for w in _interactive(gateway))
+
+
+def _interactive(gateway: Gateway) -> list[dict[str, object]]:
+    return [w for w in gateway.engine.workers(MINILM) if w["lane"] == "interactive"]
 
 
 def _embed_all_in_thread(gateway: Gateway, texts: list[str]) -> threading.Thread:
@@ -146,7 +160,7 @@ def test_a_killed_worker_fails_only_its_batch_and_is_restarted(
         time.sleep(1.0)
         # Hold both workers on a batch each, so that the one killed surely holds requests.
         controls.close_gate()
-        assert _wait_for(lambda: all(w["in_flight"] for w in gateway.engine.workers(MINILM)), 20)
+        assert _wait_for(lambda: all(w["in_flight"] for w in _interactive(gateway)), 20)
         killed_at = time.monotonic()
         os.kill(victim, SIGKILL)
         # Its requests fail at once, while the other worker still holds its own.
@@ -205,3 +219,59 @@ def test_ready_is_503_while_no_worker_serves(tmp_path: Path) -> None:
         )
         assert response.status_code == 200
         assert httpx.get(f"{gateway.url}/ready").status_code == 200
+
+
+def test_a_killed_background_worker_fails_only_its_lines_and_is_restarted(tmp_path: Path) -> None:
+    """The background worker runs the Batch API job; killed mid-job, the lines of the batch it
+    held go to the error file as 500s, it is restarted at idle priority, and the job ends
+    with every custom_id once. /ready lists it and says it is restarting meanwhile."""
+    loader = FakeLoader(str(tmp_path / "controls"))
+    controls = loader.controls(MINILM)
+    batch = msgspec.structs.replace(
+        settings_with().batch,
+        db_path=str(tmp_path / "batches.sqlite3"),
+        files_dir=str(tmp_path / "files"),
+        chunk_inputs=8,
+    )
+    lines = [request_line(f"r{i}", {"model": MINILM, "input": f"line {i} of the job"}) for i in range(40)]
+    with run_gateway(settings_with(batch=batch), key=TEST_KEY, loader=loader) as gateway:
+        assert _wait_for(lambda: all(w["serving"] for w in gateway.engine.workers(MINILM)), 120)
+        ready = httpx.get(f"{gateway.url}/ready").json()
+        assert [w["lane"] for w in ready["workers"][MINILM]] == ["interactive", "background"]
+        interactive, victim = (w["pid"] for w in gateway.engine.workers(MINILM))
+        assert isinstance(victim, int)
+        sdk = openai.OpenAI(base_url=gateway.v1, api_key=TEST_KEY, max_retries=0)
+        controls.close_gate()
+        job = sdk.batches.create(
+            input_file_id=upload(sdk, lines), endpoint="/v1/embeddings", completion_window="24h"
+        )
+        assert controls.wait_entered(30)
+        assert gateway.engine.workers(MINILM)[1]["in_flight"]
+        os.kill(victim, SIGKILL)
+        controls.open_gate()
+
+        def restarting() -> bool:
+            state = httpx.get(f"{gateway.url}/ready").json()["models"][MINILM]
+            return bool(
+                re.fullmatch(r"degraded: the background worker \(batch jobs\) is restarting .*", state)
+            )
+
+        assert _wait_for(restarting, 10)
+        # Interactive requests are served meanwhile, by the model's worker.
+        response = httpx.post(
+            f"{gateway.v1}/embeddings", headers=gateway.headers(), json={"model": MINILM, "input": "hi"}
+        )
+        assert response.status_code == 200
+        done = wait_done(sdk, job.id)
+        assert done.status == "completed"
+        out, errors = read_lines(sdk, done.output_file_id), read_lines(sdk, done.error_file_id)
+        assert Counter(line["custom_id"] for line in out + errors) == Counter(f"r{i}" for i in range(40))
+        assert errors and all(line["response"]["status_code"] == 500 for line in errors)
+        assert done.request_counts is not None and done.request_counts.failed == len(errors)
+        workers = gateway.engine.workers(MINILM)
+        assert workers[0]["pid"] == interactive  # the model's worker was not touched
+        restarted = workers[1]["pid"]
+        assert isinstance(restarted, int) and restarted != victim and workers[1]["serving"]
+        if hasattr(os, "SCHED_IDLE"):
+            assert os.sched_getscheduler(restarted) == os.SCHED_IDLE
+        assert httpx.get(f"{gateway.url}/ready").json()["models"][MINILM] == "ready"

@@ -30,6 +30,7 @@ class Engine:
 
     def __init__(self) -> None:
         self.calls: list[tuple[float, object]] = []
+        self.priorities: list[str] = []
 
     async def embed(
         self,
@@ -39,8 +40,10 @@ class Engine:
         instruction: str | None = None,
         dimensions: int | None = None,
         request_id: str = "-",
+        priority: str = "interactive",
     ) -> Result:
         self.calls.append((time.monotonic(), raw_input))
+        self.priorities.append(priority)
         await asyncio.sleep(0)
         texts = raw_input if isinstance(raw_input, list) else [raw_input]
         vectors = np.array([[len(str(t)), 0, 0, 0] for t in texts], dtype=np.float32)
@@ -129,18 +132,12 @@ def test_a_crash_between_writing_and_committing_duplicates_nothing(tmp_path: Pat
     assert record is not None and (record.status, record.completed, record.failed) == ("completed", 20, 0)
 
 
-def test_the_runner_waits_for_queued_interactive_requests(tmp_path: Path) -> None:
+def test_the_runner_sends_every_line_at_background_priority(tmp_path: Path) -> None:
     store = BatchStore(tmp_path / "db", tmp_path / "files")
     make_job(store, 3)
-    busy_until = time.monotonic() + 0.5
-
-    def depth() -> dict[str, tuple[int, int]]:
-        return {"m": (1, 10) if time.monotonic() < busy_until else (0, 0)}
-
     engine = Engine()
-    settings = BatchSettings(max_yield_ms=5000)
-    asyncio.run(BatchRunner(store, engine, settings, queue_depth=depth).run_until_idle())
-    assert len(engine.calls) == 3 and min(t for t, _ in engine.calls) >= busy_until
+    asyncio.run(BatchRunner(store, engine, BatchSettings()).run_until_idle())
+    assert engine.priorities == ["background"] * 3
 
 
 class Budget:

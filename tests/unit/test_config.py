@@ -74,6 +74,9 @@ def test_plaintext_key_from_environment_is_masked() -> None:
         # the graceful drain: it must end before the shutdown timeout does
         ("[server]\ndrain_seconds = 30\nshutdown_timeout_seconds = 30", "server.drain_seconds"),
         ("[server]\ndrain_seconds = -1", "server.drain_seconds"),
+        # where Batch API work runs
+        ("[batch]\nworker = 'gpu'", "$.batch.worker"),
+        ("[batch]\nworker_threads = 0", "batch.worker_threads"),
     ],
 )
 def test_invalid_settings_name_the_field(tmp_path: Path, toml: str, path: str) -> None:

@@ -17,14 +17,23 @@ from multiprocessing.connection import Connection
 
 from app.config import ModelSettings
 from app.engine.workers import channel
+from app.engine.workers.priority import lowest_cpu_priority
 from app.models.protocol import BackendLoader, BatchMemoryError
 
 logger = logging.getLogger(__name__)
 
 
 def worker_main(
-    requests: Connection, replies: Connection, loader: BackendLoader, entry: ModelSettings, threads: int
+    requests: Connection,
+    replies: Connection,
+    loader: BackendLoader,
+    entry: ModelSettings,
+    threads: int,
+    background: bool = False,
 ) -> None:
+    if background:
+        # First, before torch starts its threads: they inherit the policy.
+        lowest_cpu_priority()
     # Ctrl-C reaches the whole process group; the gateway stops its workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(

@@ -5,6 +5,12 @@ copy of the weights. The model serves while any worker serves: with some down it
 "degraded", with none it is not ready until a restarted worker is back (requests already
 queued wait for it), and if no worker can come back the queue fails and new requests get
 503.
+
+With `background_threads` set, the pool also starts a background worker: one more process
+with its own copy of the weights that serves only the queue's background lane (Batch API
+jobs) at the lowest CPU priority. The model is ready without it (it is still loading, or
+"degraded" while it restarts); if it cannot start or is given up, the model's workers take
+the background lane, interactive inputs first.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from typing import Protocol
 import msgspec
 
 from app.config import ModelSettings
-from app.engine.batcher import Batcher, not_serving
+from app.engine.batcher import Batcher, Priority, not_serving
 from app.engine.workers.process import ProcessWorker
 from app.engine.workers.thread import ThreadWorker
 from app.errors import InternalServerError
@@ -29,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 class Worker(Protocol):
     index: int
+    lane: Priority
     failure: str | None
     can_restart: bool
     batches: int
@@ -70,12 +77,18 @@ class ModelPool:
         kind: str,
         threads: int,
         warmup: Sequence[TokenizedText],
+        background_threads: int | None = None,
     ) -> None:
         self.entry = entry
         self.batcher = batcher
         self._lock = threading.Lock()
+        # The interactive workers; the background worker, if any, is apart.
         self.workers: list[Worker] = []
-        for index, device in enumerate(worker_devices(entry)):
+        self.background: ProcessWorker | None = None
+        self.background_failure = ""
+        self._stopped = False
+        devices = worker_devices(entry)
+        for index, device in enumerate(devices):
             placed = msgspec.structs.replace(entry, device=device)
             if kind == "thread":
                 load = functools.partial(loader.load_model, placed)
@@ -84,9 +97,34 @@ class ModelPool:
                 self.workers.append(
                     ProcessWorker(index, batcher, loader, placed, threads, warmup, self._changed)
                 )
+        if background_threads is not None and kind == "process":
+            placed = msgspec.structs.replace(entry, device=devices[0])
+            self.background = ProcessWorker(
+                len(devices),
+                batcher,
+                loader,
+                placed,
+                background_threads,
+                warmup,
+                self._changed,
+                background=True,
+            )
+
+    @property
+    def all_workers(self) -> list[Worker]:
+        """The interactive workers, then the background worker if there is one."""
+        return [*self.workers, *([self.background] if self.background is not None else [])]
 
     def start(self) -> None:
-        """Start every worker in parallel (each loads its own weights); raise if any fails."""
+        """Start the model's workers in parallel (each loads its own weights); raise if any
+        fails. The background worker starts meanwhile and on: it loads at the lowest CPU
+        priority, which must not hold up readiness on a busy machine. Its lane waits for it;
+        if it cannot start, the model's workers take that lane."""
+        if self.background is not None:
+            self.batcher.set_background_worker(True)
+            threading.Thread(
+                target=self._start_background, name="background-worker-start", daemon=True
+            ).start()
         errors: list[BaseException] = []
 
         def start(worker: Worker) -> None:
@@ -104,9 +142,28 @@ class ModelPool:
             self.stop()
             raise errors[0]
 
+    def _start_background(self) -> None:
+        worker = self.background
+        assert worker is not None
+        try:
+            worker.start()
+        except Exception as exc:
+            if not self._stopped:
+                self._drop_background(f"the background worker failed to start: {type(exc).__name__}: {exc}")
+            return
+        if self._stopped:  # the pool stopped while it was loading
+            worker.stop()
+
+    def _drop_background(self, reason: str) -> None:
+        """Serve the background lane from the model's workers from now on."""
+        logger.error("model %s: %s; batch work runs on the model's workers", self.entry.name, reason)
+        self.background_failure = reason
+        self.batcher.set_background_worker(False)
+
     def stop(self) -> None:
+        self._stopped = True
         self.batcher.stop()
-        for worker in self.workers:
+        for worker in self.all_workers:
             worker.stop()
 
     @property
@@ -119,6 +176,10 @@ class ModelPool:
 
     def _changed(self) -> None:
         """A worker died or came back: fail the queue if nothing can serve any more."""
+        background = self.background
+        lost = background is not None and not background.serving and not background.can_restart
+        if background is not None and lost and not self.background_failure:
+            self._drop_background(background.failure or "the background worker was given up")
         if any(w.serving or (w.failure is not None and w.can_restart) for w in self.workers):
             return
         if self.batcher.stopping:
@@ -134,9 +195,19 @@ class ModelPool:
         serving = [w for w in self.workers if w.serving]
         failures = "; ".join(w.failure for w in self.workers if w.failure)
         if len(serving) == len(self.workers):
-            return "ready", ""
+            background = self._background_state()
+            return ("degraded", background) if background else ("ready", "")
         if serving:
             return "degraded", f"{len(serving)} of {len(self.workers)} workers serving ({failures})"
         if any(w.can_restart and w.failure for w in self.workers):
             return "not serving", f"no worker serving, restarting ({failures})"
         return "failed", failures or "no worker serving"
+
+    def _background_state(self) -> str:
+        """Why the background worker (Batch API jobs) is not serving, or "" when it is."""
+        if self.background_failure:
+            return self.background_failure
+        worker = self.background
+        if worker is None or worker.serving or worker.failure is None:  # serving, or still loading
+            return ""
+        return f"the background worker (batch jobs) is restarting ({worker.failure or 'starting'})"

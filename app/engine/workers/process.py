@@ -13,11 +13,16 @@ Three threads per worker, none of which computes anything heavy:
 - the supervisor reads replies, settles requests, and when the worker dies fails exactly
   the requests of the batches it held, then starts a new worker after a backoff.
 A batch that runs out of accelerator memory comes back as MEMORY and is resent in halves.
+
+A background worker (`background=True`) is the same process serving only the queue's
+background lane, at the lowest CPU priority (app.engine.workers.priority): the OS takes
+the CPU from it whenever an interactive forward or the gateway needs it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import multiprocessing
@@ -30,7 +35,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from app.config import ModelSettings
-from app.engine.batcher import Batch, Batcher, not_serving, padded_tokens
+from app.engine.batcher import Batch, Batcher, Priority, not_serving, padded_tokens
 from app.engine.workers import channel
 from app.engine.workers.child import worker_main
 from app.errors import InternalServerError
@@ -101,8 +106,12 @@ class ProcessWorker:
         threads: int,
         warmup: Sequence[TokenizedText],
         on_change: Callable[[], None],
+        *,
+        background: bool = False,
     ) -> None:
         self.index = index
+        self.lane: Priority = "background" if background else "interactive"
+        self._background = background
         self._batcher = batcher
         self._loader = loader
         self._entry = entry
@@ -139,7 +148,8 @@ class ProcessWorker:
 
     @property
     def name(self) -> str:
-        return f"worker {self.index} (pid {self.pid})"
+        kind = "background worker" if self._background else "worker"
+        return f"{kind} {self.index} (pid {self.pid})"
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -176,8 +186,8 @@ class ProcessWorker:
         _widen(replies)
         process = self._ctx.Process(
             target=worker_main,
-            args=(requests_in, replies_out, self._loader, self._entry, self._threads),
-            name=f"model-{self._batcher.model}-{self.index}",
+            args=(requests_in, replies_out, self._loader, self._entry, self._threads, self._background),
+            name=f"model-{self._batcher.model}-{'background' if self._background else self.index}",
             daemon=True,
         )
         with _main_hidden():
@@ -225,19 +235,26 @@ class ProcessWorker:
             )
             raise WorkerLoadError(f"the warm-up batch failed: {detail}")
         _, _, seconds = channel.decode_vectors(reply)
-        self._batcher.warmed_up(padded_tokens(self._warmup), seconds)
+        if not self._background:  # at idle priority its speed is not the model workers'
+            self._batcher.warmed_up(padded_tokens(self._warmup), seconds)
         return hello
 
     # -- feeding -----------------------------------------------------------------------------
 
-    def _may_take(self, queued: int, tokens: int) -> bool:
+    def _may_take(self, priority: Priority, queued: int, tokens: int) -> bool:
         flying = len(self._in_flight)
         if flying == 0:
             return True
+        if priority == "background" and not self._background:
+            # Background work on a model's worker goes only to an idle one, so an interactive
+            # input arriving next waits for at most one background forward.
+            return False
+        if priority == "interactive" and all(b.priority == "background" for b in self._in_flight.values()):
+            return flying < PIPELINE  # next in the worker's pipe, ahead of any later background batch
         # While forwards are kept short for interactive requests, one batch at a time: a
         # request that arrives then waits for the forward in progress only, not for one
         # queued behind it too.
-        if self._batcher.paced:
+        if not self._background and self._batcher.paced:
             return False
         full = queued >= self._batcher.max_batch_size or tokens >= self._batcher.max_batch_tokens
         return flying < PIPELINE and full
@@ -246,7 +263,8 @@ class ProcessWorker:
         def running() -> bool:
             return self._life == life
 
-        while (batch := self._batcher.take(self._may_take, running)) is not None:
+        take = functools.partial(self._batcher.take, background_only=self._background)
+        while (batch := take(self._may_take, running)) is not None:
             self._dispatch(batch, life)
 
     def _dispatch(self, batch: Batch, life: int) -> None:

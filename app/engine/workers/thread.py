@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from app.engine.batcher import Batch, Batcher, Vectors, padded_tokens
+from app.engine.batcher import Batch, Batcher, Priority, Vectors, always, padded_tokens
 from app.models.protocol import BatchMemoryError, EmbeddingModel, TokenizedText
 
 logger = logging.getLogger(__name__)
@@ -29,6 +29,8 @@ class ThreadWorker:
         on_change: Callable[[], None],
     ) -> None:
         self.index = index
+        # A thread worker serves both lanes (interactive first): a thread cannot be preempted.
+        self.lane: Priority = "interactive"
         self._batcher = batcher
         self._load = load
         self._warmup = warmup
@@ -68,7 +70,7 @@ class ThreadWorker:
     def _run(self, model: EmbeddingModel) -> None:
         batch: Batch | None = None
         try:
-            while (batch := self._batcher.take(lambda n, t: True, lambda: not self._stopping)) is not None:
+            while (batch := self._batcher.take(always, lambda: not self._stopping)) is not None:
                 self._execute(model, batch)
                 batch = None
         except BaseException as exc:
