@@ -163,8 +163,13 @@ class ModelPool:
     def stop(self) -> None:
         self._stopped = True
         self.batcher.stop()
-        for worker in self.all_workers:
-            worker.stop()
+        # In parallel: each may wait half a second for its process to exit, and a shutdown
+        # has a deadline however many workers (a background one included) there are.
+        stopping = [threading.Thread(target=w.stop, daemon=True) for w in self.all_workers]
+        for thread in stopping:
+            thread.start()
+        for thread in stopping:
+            thread.join(10)
 
     @property
     def dimensions(self) -> int:
