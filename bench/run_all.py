@@ -142,9 +142,16 @@ def _wait(url: str, process: subprocess.Popen[bytes], seconds: float = 600) -> N
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}")
         try:
-            if httpx.get(url, timeout=2).status_code == 200:
+            response = httpx.get(url, timeout=2)
+            # Ready, and every worker loaded: the background worker (batch jobs) loads after
+            # /ready turns 200, and its memory belongs to "after load", not "under load".
+            body = response.json() if response.status_code == 200 else {}
+            workers = body.get("workers", {}) if isinstance(body, dict) else {}
+            if response.status_code == 200 and all(
+                w.get("serving") for lanes in workers.values() for w in lanes
+            ):
                 return
-        except httpx.TransportError:
+        except (httpx.TransportError, ValueError):
             pass
         time.sleep(0.2)
     raise RuntimeError(f"{url} not ready in {seconds} s")
