@@ -34,7 +34,16 @@ def test_aliases_share_one_model_and_carry_their_instruction(tmp_path: Path) -> 
     with run_gateway(settings_with(models=[entry]), key=TEST_KEY, loader=loader) as gw:
         listing = httpx.get(f"{gw.v1}/models", headers=gw.headers()).json()
         assert [m["id"] for m in listing["data"]] == [MINILM, "minilm-query"]
-        assert loader.loads(MINILM) == ["tokenizer", "model"]  # once, for both names
+        # Once for both names: the tokenizer once, the weights once per worker (the model's
+        # worker and the Batch API's background worker, which loads after /ready).
+        deadline = time.monotonic() + 60
+        while True:
+            workers = httpx.get(f"{gw.url}/ready").json()["workers"][MINILM]
+            if all(w["serving"] for w in workers) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert [w["lane"] for w in workers] == ["interactive", "background"]
+        assert loader.loads(MINILM) == ["tokenizer", "model", "model"]
 
         def embed(model: str, **extra: object) -> list[float]:
             body = {"model": model, "input": "what is a kitten", "encoding_format": "float", **extra}
