@@ -21,6 +21,7 @@ import numpy.typing as npt
 import torch
 
 from app.models.protocol import TokenizedText
+from app.models.torch_runtime import pad_batch
 
 logger = logging.getLogger(__name__)
 
@@ -47,14 +48,8 @@ def padded_inputs(
     """input_ids, the keep mask (1.0 for a token, 0.0 for padding) and position_ids for
     `batch` left-padded to (rows, width). Rows past the batch hold one padding token that
     attends to itself only, so no attention row is empty (an all-masked row computes NaN)."""
-    ids = torch.full((rows, width), pad_id, dtype=torch.long)
-    keep = torch.zeros((rows, width), dtype=torch.bool)
-    for row, item in enumerate(batch):
-        n = len(item.input_ids)
-        ids[row, width - n :] = torch.tensor(item.input_ids, dtype=torch.long)
-        keep[row, width - n :] = True
-    keep[len(batch) :, -1] = True
-    positions = (keep.long().cumsum(dim=1) - 1).clamp(min=0)
+    filler = TokenizedText((pad_id,), 1, 1)
+    ids, keep, positions = pad_batch([*batch, *[filler] * (rows - len(batch))], pad_id, "left", "cpu", width)
     return ids, keep.float(), positions
 
 

@@ -135,8 +135,9 @@ class LLM2VecModel:
             self._graphs.capture()
 
     def pool_weights(self, batch: Sequence[TokenizedText], width: int) -> torch.Tensor:
-        """Each row's weight per token of a left-padded batch `width` wide: the pooling as
-        one weighted sum, as the CUDA graphs compute it (eager pooling below is the same)."""
+        """Each row's weight per token of a left-padded batch `width` wide: every pooling
+        mode as one weighted sum, eagerly and in the CUDA graphs (a one-hot row for a token
+        mode; llm2vec weighs the k-th pooled token by k for weighted_mean)."""
         if self._pooling in ("eos_token", "last_token"):
             weights = torch.zeros((len(batch), width), dtype=torch.float32)
             weights[:, -1] = 1.0
@@ -158,18 +159,8 @@ class LLM2VecModel:
             ids, mask, positions = pad_batch(batch, self._pad_id, "left", self.device)
             hidden = self._model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
             states = hidden.last_hidden_state.float()
-            if self._pooling in ("eos_token", "last_token"):
-                pooled = states[:, -1]
-            elif self._pooling == "bos_token":
-                first = mask.shape[1] - mask.sum(dim=1)
-                pooled = states[torch.arange(len(batch), device=states.device), first]
-            else:
-                weights = pooled_mask(batch, ids.shape[1], self.device)
-                if self._pooling == "weighted_mean":
-                    # llm2vec weighs the k-th pooled token by k.
-                    weights = weights * (weights.cumsum(dim=1))
-                weights = weights / weights.sum(dim=1, keepdim=True)
-                pooled = (states * weights.unsqueeze(-1)).sum(dim=1)
+            weights = self.pool_weights(batch, ids.shape[1]).to(self.device)
+            pooled = (states * weights.unsqueeze(-1)).sum(dim=1)
             result: npt.NDArray[np.float32] = pooled.cpu().numpy().astype(np.float32, copy=False)
             return result
 

@@ -43,14 +43,19 @@ def configure_threads(threads: int) -> None:
 
 
 def pad_batch(
-    batch: Sequence[TokenizedText], pad_id: int, side: Literal["left", "right"], device: str
+    batch: Sequence[TokenizedText],
+    pad_id: int,
+    side: Literal["left", "right"],
+    device: str,
+    width: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """input_ids, attention_mask and position_ids for a padded batch.
+    """input_ids, attention_mask and position_ids for a padded batch, `width` wide (default:
+    its longest row).
 
     Position ids count real tokens only, so a left-padded row sees the same positions
     as it would alone (llm2vec pads on the left and passes none).
     """
-    width = max(len(item.input_ids) for item in batch)
+    width = width or max(len(item.input_ids) for item in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
     for row, item in enumerate(batch):
