@@ -266,7 +266,8 @@ class EmbeddingEngine:
         request_id: str = "-",
         priority: Priority = "interactive",
     ) -> EmbeddingResult:
-        """Validate, tokenize (off the loop), queue, await the batcher, then cut and normalise.
+        """Validate, tokenize (on the tokenizer thread, or in place for a query-sized request),
+        queue, await the batcher, then cut and normalise.
 
         Cancelling the awaiting task (the client went away) drops the request's queued
         inputs before they reach the model. `priority="background"` (Batch API jobs) queues
@@ -346,8 +347,7 @@ class EmbeddingEngine:
             finally:
                 slot.tokenizer_lock.release()
         loop = asyncio.get_running_loop()
-        inputs = await loop.run_in_executor(slot.tokenizer_thread, self._parse, raw_input)
-        items: list[Item] = [*inputs.texts] if isinstance(inputs, TextInputs) else [*inputs.ids]
+        items = _items(await loop.run_in_executor(slot.tokenizer_thread, self._parse, raw_input))
         tokenized: list[TokenizedText] = []
         plans: list[tuple[int, ChunkPlan | None]] = []
         for turn in turns(items):
@@ -363,8 +363,7 @@ class EmbeddingEngine:
         self, entry: ModelSettings, tokenizer: EmbeddingTokenizer, raw_input: object, instruction: str
     ) -> tuple[list[TokenizedText], ChunkPlan | None]:
         """`_tokenize_in_turns` in one go, for a small request."""
-        inputs = self._parse(raw_input)
-        items: list[Item] = [*inputs.texts] if isinstance(inputs, TextInputs) else [*inputs.ids]
+        items = _items(self._parse(raw_input))
         rows, plan = self._tokenize_turn(entry, tokenizer, items, instruction)
         self._check_tokens(rows)
         return rows, join_plans([(len(rows), plan)], rows)
@@ -443,6 +442,10 @@ def is_small(raw_input: object) -> bool:
         else:
             size += CHARS_PER_TOKEN_ID
     return size <= INLINE_CHARS
+
+
+def _items(inputs: TextInputs | TokenInputs) -> list[Item]:
+    return [*inputs.texts] if isinstance(inputs, TextInputs) else [*inputs.ids]
 
 
 def _check_input_chars(chars: int, limit: int) -> None:
