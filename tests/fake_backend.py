@@ -14,6 +14,7 @@ import json
 import multiprocessing
 import os
 import signal
+import sys
 import time
 import zlib
 from collections.abc import Sequence
@@ -77,7 +78,7 @@ class Controls:
         self._path(name).unlink(missing_ok=True)
 
     def batches(self) -> list[dict[str, object]]:
-        """Every batch run so far: {"pid": ..., "rows": [[ids...], ...]}, in order."""
+        """Every batch run so far: {"pid": ..., "threads": ..., "rows": [[ids...], ...]}, in order."""
         path = self._path("batches.jsonl")
         if not path.exists():
             return []
@@ -109,7 +110,11 @@ class Controls:
             time.sleep(POLL)
 
     def record(self, batch: Sequence[TokenizedText]) -> None:
-        line = json.dumps({"pid": os.getpid(), "rows": [list(t.input_ids) for t in batch]})
+        torch = sys.modules.get("torch")  # the torch threads it ran on, where torch is loaded
+        threads = torch.get_num_threads() if torch is not None else None
+        line = json.dumps(
+            {"pid": os.getpid(), "threads": threads, "rows": [list(t.input_ids) for t in batch]}
+        )
         with self._path("batches.jsonl").open("a") as out:
             out.write(line + "\n")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -14,7 +15,7 @@ from litestar.types import ReceiveMessage
 from app.api.access import caller, require_model
 from app.api.body import read_body
 from app.api.encoding import encode_vectors
-from app.api.parsing import parse_embedding_body
+from app.api.parsing import INLINE_BODY_BYTES, parse_embedding_body
 from app.api.ratelimit import RateLimiter
 from app.api.request_log import record_of
 from app.api.schemas import Embedding, EmbeddingResponse, Model, ModelList, Usage
@@ -84,7 +85,10 @@ class OpenAIController(Controller):
         # The engine and limiter straight from the app's state rather than as dependencies:
         # Litestar resolves several dependencies in a task group of their own, per request.
         engine, limiter = provide_engine(request.app.state), provide_limiter(request.app.state)
-        body = await parse_embedding_body(await read_body(request))
+        large = (request.content_length or 0) > INLINE_BODY_BYTES
+        # Reading and decoding a large body takes a core: forwards leave the gateway one meanwhile.
+        with engine.load.working() if large else contextlib.nullcontext():
+            body = await parse_embedding_body(await read_body(request))
         assert isinstance(body.model, str)  # parse_embedding_body checked it
         record = record_of(request.scope)
         if record is not None:
@@ -123,7 +127,11 @@ class OpenAIController(Controller):
             )
 
         # A large float response takes long enough to encode to stall other requests.
-        content = await asyncio.to_thread(render) if result.vectors.size > _INLINE_FLOATS else render()
+        if result.vectors.size > _INLINE_FLOATS:
+            with engine.load.working():
+                content = await asyncio.to_thread(render)
+        else:
+            content = render()
         return Response(content=content, status_code=200, media_type=JSON)
 
     @get("/models")

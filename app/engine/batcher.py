@@ -30,6 +30,8 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from app.engine.forward_cost import ForwardCost
+from app.engine.gateway_load import GatewayLoad
 from app.engine.observer import EngineObserver
 from app.engine.pacing import ForwardPace
 from app.engine.planning import first_input, select_batch
@@ -193,6 +195,7 @@ class Batcher:
         max_wait_seconds: float = 0.0,
         max_batch_seconds: float = 0.0,
         max_unserved_seconds: float = 2.0,
+        load: GatewayLoad | None = None,
     ) -> None:
         self.model = model
         self.max_batch_size = max_batch_size
@@ -202,11 +205,14 @@ class Batcher:
         self._max_wait = max_wait_seconds
         self._max_unserved = max_unserved_seconds
         self._pace = ForwardPace(max_batch_tokens, max_batch_seconds)
+        self._cost = ForwardCost()
         self.cond = threading.Condition()
         self._lanes: dict[Priority, _Lane] = {p: _Lane() for p in PRIORITIES}
         # True while a dedicated background worker serves the background lane (app.engine.workers.pool).
         self._background_worker = False
         self.stopping = False
+        # The gateway's own CPU-heavy work, which the workers' forwards leave a core to.
+        self.load = load or GatewayLoad()
         # Set when no worker can serve any more: new requests are refused with it.
         self.refusal: GatewayError | None = None
 
@@ -240,6 +246,12 @@ class Batcher:
         is queued. The caller holds the lock."""
         return self._pace.interactive(time.perf_counter()) and self._bulk_queued()
 
+    def spare_cores(self) -> int:
+        """Cores a forward sent now should leave to the gateway (app.engine.gateway_load):
+        one while interactive requests are about and the gateway has CPU-heavy work in hand
+        or just had. Bulk work alone keeps every thread: there throughput is what counts."""
+        return 1 if self._pace.interactive_seen(time.perf_counter()) and self.load.recently_busy() else 0
+
     def _bulk_queued(self) -> bool:
         """Work that needs more than a short forward waits for the model's workers: a big
         interactive request, or background work when no worker of its own serves it."""
@@ -250,6 +262,7 @@ class Batcher:
         """A worker's warm-up forward: the model's first speed estimate."""
         with self.cond:
             self._pace.completed(padded_tokens, seconds, self.max_batch_tokens)
+            self._cost.observe(padded_tokens, seconds)
 
     @property
     def depth(self) -> tuple[int, int]:
@@ -358,7 +371,9 @@ class Batcher:
                     self.max_batch_size,
                     budget,
                 )
-                picked = select_batch(lengths, self.max_batch_size, budget, first)
+                picked = select_batch(
+                    lengths, self.max_batch_size, budget, first, self._cost.padding_allowance()
+                )
                 chosen = set(picked)
                 items = [lane.items[i] for i in picked]
                 lane.items = [item for i, item in enumerate(lane.items) if i not in chosen]
@@ -406,6 +421,8 @@ class Batcher:
         done = []
         with self.cond:  # several workers may complete parts of one job
             self._pace.completed(batch.padded_tokens, seconds, batch.budget)
+            if batch.budget:  # the model's own workers' forwards (not at idle priority)
+                self._cost.observe(batch.padded_tokens, seconds)
             for item, row in zip(batch.items, batch.where, strict=True):
                 item.job.vectors[item.index] = vectors[row]
                 item.job.remaining -= 1

@@ -24,6 +24,7 @@ from app.config import ModelSettings, Settings
 from app.engine.batcher import Batcher, Job, Priority, overloaded
 from app.engine.cache import make_cache, model_identity
 from app.engine.chunking import ChunkPlan, expand, join_plans
+from app.engine.gateway_load import GatewayLoad
 from app.engine.observer import EngineObserver, NullObserver
 from app.engine.token_inputs import NativeIds, TextInputs, TiktokenIds, TokenInputs, parse_input
 from app.engine.turns import CHARS_PER_TOKEN_ID, Item, turns
@@ -100,6 +101,8 @@ class EmbeddingEngine:
         self._tiktoken: TiktokenIds | None = None
         self._cache = make_cache(settings.cache, observer)
         self._loading: threading.Thread | None = None
+        # The gateway's CPU-heavy work in hand (here and in the HTTP layer), which forwards leave a core to.
+        self.load = GatewayLoad()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -141,6 +144,7 @@ class EmbeddingEngine:
                     max_wait_seconds=engine.max_batch_wait_ms / 1000,
                     max_batch_seconds=engine.max_batch_ms / 1000,
                     max_unserved_seconds=engine.max_unserved_ms / 1000,
+                    load=self.load,
                 )
                 pool = ModelPool(
                     slot.entry,
@@ -347,16 +351,17 @@ class EmbeddingEngine:
             finally:
                 slot.tokenizer_lock.release()
         loop = asyncio.get_running_loop()
-        items = _items(await loop.run_in_executor(slot.tokenizer_thread, self._parse, raw_input))
-        tokenized: list[TokenizedText] = []
-        plans: list[tuple[int, ChunkPlan | None]] = []
-        for turn in turns(items):
-            rows, plan = await loop.run_in_executor(
-                slot.tokenizer_thread, self._locked_turn, slot, tokenizer, turn, instruction
-            )
-            plans.append((len(rows), plan))
-            tokenized += rows
-            self._check_tokens(tokenized)
+        with self.load.working():  # the tokenizer thread keeps a core busy meanwhile
+            items = _items(await loop.run_in_executor(slot.tokenizer_thread, self._parse, raw_input))
+            tokenized: list[TokenizedText] = []
+            plans: list[tuple[int, ChunkPlan | None]] = []
+            for turn in turns(items):
+                rows, plan = await loop.run_in_executor(
+                    slot.tokenizer_thread, self._locked_turn, slot, tokenizer, turn, instruction
+                )
+                plans.append((len(rows), plan))
+                tokenized += rows
+                self._check_tokens(tokenized)
         return tokenized, join_plans(plans, tokenized)
 
     def _tokenize_all(

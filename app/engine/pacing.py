@@ -42,10 +42,14 @@ class ForwardPace:
         """The padded-token budget of the batch planned now."""
         return self.timed_cap() if bulk_queued and self.interactive(now) else self.max_batch_tokens
 
+    def interactive_seen(self, now: float) -> bool:
+        """An interactive-sized request was queued within the last INTERACTIVE_WINDOW_S."""
+        return now < self._interactive_until
+
     def interactive(self, now: float) -> bool:
         """Forwards are being kept shorter than the full budget would make them (a model
         fast enough to run the whole budget within the target is never held back)."""
-        return now < self._interactive_until and self.timed_cap() < self.max_batch_tokens
+        return self.interactive_seen(now) and self.timed_cap() < self.max_batch_tokens
 
     def request(self, tokens: int, now: float) -> None:
         """A request of `tokens` was queued: one that a short forward serves whole (within

@@ -49,7 +49,11 @@ def first_input(
 
 
 def select_batch(
-    lengths: Sequence[int], max_batch_size: int, max_batch_tokens: int, first: int = 0
+    lengths: Sequence[int],
+    max_batch_size: int,
+    max_batch_tokens: int,
+    first: int = 0,
+    max_padding: float | None = None,
 ) -> list[int]:
     """Indices into `lengths` (queued inputs, oldest first) for the next forward pass.
 
@@ -57,7 +61,10 @@ def select_batch(
     grows with the queued inputs nearest to it in length among the oldest, taking whichever
     adds the least padding, while its padded cost (longest x count) stays within
     `max_batch_tokens` and its size within `max_batch_size`. An input over the budget on
-    its own runs alone.
+    its own runs alone. With `max_padding` (the padded tokens that cost as much as a forward
+    of their own: app.engine.forward_cost), an input joins only if the padding it adds stays
+    within it: cheaper in the next forward than in one of its own, and the rows already
+    chosen do not wait for a much longer one.
     """
     if not lengths:
         return []
@@ -71,14 +78,19 @@ def select_batch(
         left = order[lo - 1] if lo > 0 else None
         right = order[hi + 1] if hi + 1 < len(order) else None
         count = len(chosen) + 1
-        fits_left = left is not None and width * count <= max_batch_tokens
-        fits_right = right is not None and lengths[right] * count <= max_batch_tokens
-        if not (fits_left or fits_right):
-            break
         # Padding each choice adds: a shorter input pads itself up to the width; a longer
         # one pads every row already chosen up to its own length.
-        left_waste = width - lengths[left] if fits_left and left is not None else None
-        right_waste = (lengths[right] - width) * len(chosen) if fits_right and right is not None else None
+        left_waste = width - lengths[left] if left is not None and width * count <= max_batch_tokens else None
+        right_waste = (
+            (lengths[right] - width) * len(chosen)
+            if right is not None and lengths[right] * count <= max_batch_tokens
+            else None
+        )
+        if max_padding is not None:
+            left_waste = left_waste if left_waste is not None and left_waste <= max_padding else None
+            right_waste = right_waste if right_waste is not None and right_waste <= max_padding else None
+        if left_waste is None and right_waste is None:
+            break
         if left_waste is not None and (right_waste is None or left_waste <= right_waste):
             assert left is not None
             chosen.append(left)

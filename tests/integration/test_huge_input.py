@@ -113,3 +113,29 @@ def test_on_overflow_error_refuses_a_huge_input_without_tokenizing_it(gateway: G
         "tokens (at least 257 in your prompt; 0 for the completion). Please reduce your prompt; "
         "or completion length."
     )
+
+
+def test_a_large_body_counts_as_heavy_work_for_the_forwards_beside_it(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    # A body over 1 MiB whose input is one word (the bulk of it an unknown field, skipped by
+    # the parser): nothing is tokenized on the tokenizer thread, yet reading and decoding it
+    # take a core, so the forward right after it leaves the gateway one (app.engine.gateway_load).
+    from app.config import EngineSettings
+    from app.engine.gateway_load import RECENT_S
+
+    loader = FakeLoader(str(tmp_path_factory.mktemp("cores")), real=False)
+    settings = settings_with(engine=EngineSettings(workers="process", torch_threads=2))
+    with run_gateway(settings, key=TEST_KEY, loader=loader) as gw:
+        controls = loader.controls(MINILM)
+        url = f"{gw.v1}/embeddings"
+
+        def threads_after(body: dict[str, object]) -> int:
+            assert httpx.post(url, headers=AUTH, json=body, timeout=60).status_code == 200
+            return controls.batches()[-1]["threads"]  # type: ignore[return-value]
+
+        query = {"model": MINILM, "input": "a query"}
+        assert threads_after(query) == 2
+        assert threads_after({**query, "padding": "x" * (2 << 20)}) == 1
+        time.sleep(RECENT_S + 0.1)
+        assert threads_after(query) == 2

@@ -10,12 +10,12 @@ import pytest
 from app.engine.planning import first_input, select_batch
 
 
-def _drain(lengths: list[int], size: int, budget: int) -> list[list[int]]:
+def _drain(lengths: list[int], size: int, budget: int, max_padding: float | None = None) -> list[list[int]]:
     """Plan batches until the queue is empty, as the model thread does; ids are original indices."""
     queue = list(range(len(lengths)))
     batches = []
     while queue:
-        picked = select_batch([lengths[i] for i in queue], size, budget)
+        picked = select_batch([lengths[i] for i in queue], size, budget, max_padding=max_padding)
         batches.append([queue[i] for i in picked])
         queue = [q for i, q in enumerate(queue) if i not in set(picked)]
     return batches
@@ -55,6 +55,43 @@ def test_padding_waste_is_small_for_mixed_lengths() -> None:
     batches = _drain(lengths, size=32, budget=100_000)
     padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
     assert padded <= 1.1 * sum(lengths)
+
+
+# -- padding allowance (app.engine.forward_cost) ----------------------------------------------
+
+
+def test_a_short_input_does_not_ride_in_a_long_ones_forward_past_the_allowance() -> None:
+    # A 14 MiB string cut to 256 tokens and a one-word query, queued together on a CPU where
+    # 40 padded tokens cost a forward's fixed cost: two forwards, not one of 2 x 256.
+    assert _drain([256, 6], size=32, budget=16384, max_padding=40) == [[0], [1]]
+    assert _drain([6, 256], size=32, budget=16384, max_padding=40) == [[0], [1]]
+    assert _drain([256, 6], size=32, budget=16384) == [[0, 1]]  # no allowance known: as before
+
+
+def test_lengths_within_the_allowance_still_share_batches() -> None:
+    lengths = [12, 30, 20, 25, 18, 200, 230, 210]
+    batches = _drain(lengths, size=32, budget=16384, max_padding=40)
+    assert batches == [[0, 4, 2, 3, 1], [5, 7, 6]]
+
+
+def test_the_allowance_counts_the_padding_a_longer_input_adds_to_every_row() -> None:
+    # Adding a 20-token input to four 10-token rows pads each of them by 10: 40 tokens.
+    assert _drain([10, 10, 10, 10, 20], size=32, budget=16384, max_padding=40) == [[0, 1, 2, 3, 4]]
+    assert _drain([10, 10, 10, 10, 10, 20], size=32, budget=16384, max_padding=40) == [
+        [0, 1, 2, 3, 4],
+        [5],
+    ]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_an_allowance_never_drops_or_repeats_inputs(seed: int) -> None:
+    rng = random.Random(seed)
+    lengths = [rng.randint(1, 300) for _ in range(300)]
+    batches = _drain(lengths, size=16, budget=2000, max_padding=25)
+    assert sorted(i for b in batches for i in b) == list(range(300))
+    for batch in batches:
+        width = max(lengths[i] for i in batch)
+        assert sum(width - lengths[i] for i in batch) <= 25 * len(batch)
 
 
 # -- request-level fairness ------------------------------------------------------------------

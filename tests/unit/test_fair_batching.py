@@ -24,7 +24,7 @@ def _engine(
     tmp: Path, forward_seconds: tuple[float, float] = (0.0, 0.0), **engine: object
 ) -> tuple[EmbeddingEngine, Controls]:
     settings = Settings(
-        engine=EngineSettings(workers="thread", max_batch_wait_ms=0, **engine),  # type: ignore[arg-type]
+        engine=EngineSettings(**{"workers": "thread", "max_batch_wait_ms": 0, **engine}),  # type: ignore[arg-type]
         models=[ModelSettings(name=MODEL, base_model="fake", max_length=WIDTH, device="cpu")],
     )
     settings = msgspec.structs.replace(
@@ -139,3 +139,34 @@ def test_small_requests_alone_still_share_full_batches_while_paced(tmp_path: Pat
         controls.open_gate()
         engine.stop()
     assert [len(b["rows"]) for b in controls.batches()] == [1, 64]  # type: ignore[arg-type]
+
+
+def test_a_short_request_is_not_padded_to_a_long_ones_length_once_the_cost_is_known(
+    tmp_path: Path,
+) -> None:
+    # 10 ms per forward plus 0.5 ms per padded token: 20 padded tokens cost a forward's
+    # fixed cost. A 2-token query and a 32-token text queued together then go into two
+    # forwards (10 + 1 ms and 10 + 16 ms) rather than one of 2 x 32 tokens (42 ms).
+    engine, controls = _engine(tmp_path, forward_seconds=(0.01, 0.0005), max_batch_ms=0)
+
+    async def scenario() -> None:
+        for i in range(4):  # forwards of two sizes: enough to fit the line
+            await engine.embed(MODEL, "warm")
+            await engine.embed(MODEL, _long("warm", i))
+        controls.forget_batches()
+        # A forward of 8 x 32 tokens (138 ms) is running while the three are queued. (Not the
+        # gate: a forward held there would look slow to the cost model.)
+        first = asyncio.ensure_future(engine.embed(MODEL, [_long("bulk", i) for i in range(8)]))
+        await asyncio.sleep(0.03)
+        long = asyncio.ensure_future(engine.embed(MODEL, _long("doc", 0)))
+        short = asyncio.ensure_future(engine.embed(MODEL, "query"))
+        similar = asyncio.ensure_future(engine.embed(MODEL, "another query"))
+        await asyncio.gather(first, long, short, similar)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        engine.stop()
+    assert len(controls.batches()[0]["rows"]) == 8  # type: ignore[arg-type]
+    widths = sorted(sorted(len(r) for r in b["rows"]) for b in controls.batches()[1:])  # type: ignore[union-attr]
+    assert widths == [[2, 3], [WIDTH]]  # the two queries share one forward, the document has its own

@@ -4,7 +4,7 @@ One message per pipe write, a fixed struct header, then flat arrays: a batch is 
 ids as one int32 array with each row's length and pooled count; vectors come back as raw
 float32. Nothing is pickled per input, and decoding a reply is one `np.frombuffer`.
 
-    gateway -> worker   BATCH  id, rows, ids | int32 lengths[rows] pooled[rows] ids[total]
+    gateway -> worker   BATCH  id, rows, ids, spare | int32 lengths[rows] pooled[rows] ids[total]
                         STOP
     worker -> gateway   HELLO  pid, dimensions | device (utf-8)
                         VECTORS id, rows, dims, seconds | float32 [rows, dims]
@@ -28,7 +28,7 @@ from app.models.protocol import TokenizedText
 BATCH, STOP, HELLO, VECTORS, MEMORY, ERROR, LOAD_FAILED = range(1, 8)
 
 _KIND = struct.Struct("<B")
-_BATCH = struct.Struct("<BQII")  # kind, batch id, rows, total ids
+_BATCH = struct.Struct("<BQIIB")  # kind, batch id, rows, total ids, cores to spare
 _HELLO = struct.Struct("<BII")  # kind, pid, dimensions
 _VECTORS = struct.Struct("<BQIId")  # kind, batch id, rows, dimensions, seconds
 _FAILED = struct.Struct("<BQd")  # kind, batch id, seconds
@@ -42,17 +42,25 @@ def kind(message: bytes) -> int:
 # -- gateway -> worker -----------------------------------------------------------------------
 
 
-def encode_batch(batch_id: int, rows: Sequence[TokenizedText]) -> bytes:
+def encode_batch(batch_id: int, rows: Sequence[TokenizedText], spare: int = 0) -> bytes:
+    """`spare`: cores the gateway is using for work of its own right now, which the forward
+    should leave to it (app.engine.workers.child)."""
     lengths = np.fromiter((len(t.input_ids) for t in rows), dtype=np.int32, count=len(rows))
     pooled = np.fromiter((t.pooled for t in rows), dtype=np.int32, count=len(rows))
     total = int(lengths.sum())
     ids = np.fromiter(chain.from_iterable(t.input_ids for t in rows), dtype=np.int32, count=total)
-    header = _BATCH.pack(BATCH, batch_id, len(rows), total)
+    header = _BATCH.pack(BATCH, batch_id, len(rows), total, spare)
     return b"".join((header, lengths.tobytes(), pooled.tobytes(), ids.tobytes()))
 
 
-def decode_batch(message: bytes) -> tuple[int, list[TokenizedText]]:
-    _, batch_id, rows, total = _BATCH.unpack_from(message)
+class BatchMessage(NamedTuple):
+    batch_id: int
+    rows: list[TokenizedText]
+    spare: int
+
+
+def decode_batch(message: bytes) -> BatchMessage:
+    _, batch_id, rows, total, spare = _BATCH.unpack_from(message)
     arrays = np.frombuffer(message, dtype=np.int32, offset=_BATCH.size, count=2 * rows + total)
     lengths, pooled, ids = arrays[:rows], arrays[rows : 2 * rows], arrays[2 * rows :].tolist()
     texts = []
@@ -60,7 +68,7 @@ def decode_batch(message: bytes) -> tuple[int, list[TokenizedText]]:
     for n, p in zip(lengths.tolist(), pooled.tolist(), strict=True):
         texts.append(TokenizedText(tuple(ids[start : start + n]), p, n))
         start += n
-    return batch_id, texts
+    return BatchMessage(batch_id, texts, spare)
 
 
 def encode_stop() -> bytes:

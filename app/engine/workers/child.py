@@ -39,9 +39,10 @@ def worker_main(
     logging.basicConfig(
         level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )
-    from app.models.torch_runtime import configure_threads
+    from app.models.torch_runtime import ThreadShare, configure_threads
 
     configure_threads(threads)
+    share = ThreadShare()
     try:
         model = loader.load_model(entry)
     except Exception as exc:
@@ -55,7 +56,8 @@ def worker_main(
             return  # the gateway is gone
         if channel.kind(message) == channel.STOP:
             return
-        batch_id, rows = channel.decode_batch(message)
+        batch_id, rows, spare = channel.decode_batch(message)
+        share.leave(spare)
         started = time.perf_counter()
         try:
             vectors = model.embed(rows)

@@ -276,7 +276,10 @@ class ProcessWorker:
         if not current:  # the worker died between planning and sending
             self._batcher.fail(batch, InternalServerError(), "failed: the model worker died")
             return
-        message = channel.encode_batch(batch_id, batch.rows)
+        # A forward that a busy gateway would stall leaves it a core (ThreadShare). The
+        # background worker is preempted by everything anyway.
+        spare = 0 if self._background else self._batcher.spare_cores()
+        message = channel.encode_batch(batch_id, batch.rows, spare)
         requests = self._requests
         assert requests is not None
         # Written here rather than through the sender: one thread hop less per batch.
