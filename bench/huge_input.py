@@ -1,10 +1,12 @@
 """Huge inputs against the gateway on the default config (bundled all-MiniLM-L6-v2, CPU).
 
-    python -m bench.huge_input [--rounds 3] [--seconds 60]
+    python -m bench.huge_input [--rounds 3] [--string-rounds 20] [--seconds 60]
 
 1. One 14 MiB string: its latency, and the server's RSS before, after and at peak.
 2. Small requests (one short text, sent one after another) while a client sends huge
-   requests back to back: first 14 MiB strings, then bodies of many long texts. Reports
+   requests back to back: first 14 MiB strings (`--string-rounds` of them: each takes about
+   a tenth of a second, so it takes a score for a worst case over more than a few small
+   requests), then bodies of many long texts (`--rounds`). Reports
    the small requests' latency (p50, p99, max) in each phase, and alone as a reference.
 
 3. `--holds`: in process, the longest a huge request holds the model's tokenizer thread at
@@ -120,7 +122,13 @@ def tokenizer_holds() -> dict[str, Any]:
     return results
 
 
-def run(rounds: int, seconds: float, server_root: Path = ROOT, only_one: bool = False) -> dict[str, Any]:
+def run(
+    rounds: int,
+    seconds: float,
+    server_root: Path = ROOT,
+    only_one: bool = False,
+    string_rounds: int = 20,
+) -> dict[str, Any]:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**_env(), "GATEWAY_API_KEY": KEY, "XDG_STATE_HOME": tempfile.mkdtemp(prefix="bench-state-")}
@@ -158,7 +166,7 @@ def run(rounds: int, seconds: float, server_root: Path = ROOT, only_one: bool = 
             timer = threading.Timer(min(seconds, 10), stop.set)
             timer.start()
             results["small_alone"] = _summary(_small_latencies(url, stop, seconds))
-            results["small_while_14mib_strings"] = _while_huge(url, [HUGE] * rounds, seconds)
+            results["small_while_14mib_strings"] = _while_huge(url, [HUGE] * string_rounds, seconds)
             results["small_while_many_long_texts"] = _while_huge(url, [MANY] * rounds, seconds)
             return results
         finally:
@@ -170,7 +178,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rounds", type=int, default=3, help="huge requests per phase")
+    parser.add_argument("--rounds", type=int, default=3, help="300-text requests")
+    parser.add_argument("--string-rounds", type=int, default=20, help="14 MiB strings")
     parser.add_argument("--seconds", type=float, default=120, help="longest a phase may run")
     parser.add_argument(
         "--server-root", type=Path, default=ROOT, help="serve the app of this tree (e.g. an export of main)"
@@ -181,7 +190,8 @@ def main() -> None:
     if args.holds:
         print(json.dumps(tokenizer_holds(), indent=2))
         return
-    print(json.dumps(run(args.rounds, args.seconds, args.server_root, args.only_one), indent=2))
+    results = run(args.rounds, args.seconds, args.server_root, args.only_one, args.string_rounds)
+    print(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

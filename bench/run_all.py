@@ -53,6 +53,7 @@ class Setup:
     seconds_scale: float = 1.0
     batch_wait_ms: float = 5.0
     cuda_graphs: bool = True
+    client: str = "aiohttp"  # bench/loadgen.py --client
 
 
 CPU = Setup()
@@ -170,6 +171,7 @@ def _loadgen(url: str, model: str, scenario: Scenario, setup: Setup) -> dict[str
         f"--words={scenario.words}",
         f"--requests={scenario.requests}",
         f"--seconds={scenario.seconds * setup.seconds_scale}",
+        f"--client={setup.client}",
     )
     out = subprocess.run(argv, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
     if out.returncode != 0:
@@ -324,7 +326,7 @@ def bench_standin(setup: Setup) -> dict[str, Any]:
         raise RuntimeError(out.stderr[-2000:])
     limit = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"   {json.dumps(limit)}", flush=True)
-    result: dict[str, Any] = {"limit": limit}
+    result: dict[str, Any] = {"limit": limit, "client": setup.client}
     for workers in ("thread", "process"):
         print(f"== standin: gateway, {workers} workers", flush=True)
         port = _free_port()
@@ -371,7 +373,9 @@ def render_standin(result: dict[str, Any]) -> list[str]:
         "alone (as the in-process limit had a core alone), the gateway and the load generator on "
         "core 0.",
         "",
-        f"In-process limit: {limit:.1f} inputs/s (batches of 32); single forward {single:.2f} ms p50.",
+        f"In-process limit: {limit:.1f} inputs/s (batches of 32); single forward {single:.2f} ms p50. "
+        f"Load generator: bench/loadgen.py with its {result.get('client', 'aiohttp')} HTTP client "
+        f"(`--client`).",
         "",
         "| workers | scenario | requests | inputs/s | x limit | p50 ms | p99 ms | /health max ms |",
         "|---|---|---|---|---|---|---|---|",
@@ -483,7 +487,7 @@ def render(results: dict[str, dict[str, Any]], command: str, setup: Setup) -> st
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {_cpu()}, "
         f"{psutil.cpu_count()} cores; {placement}. Engine: max_batch_size {setup.batch_size}, "
         f"max_batch_tokens {setup.batch_tokens}, max_batch_wait_ms {setup.batch_wait_ms}. "
-        f"Load generator: bench/loadgen.py (aiohttp, base64 "
+        f"Load generator: bench/loadgen.py ({setup.client} client, base64 "
         f"responses, every one checked). Versions: {_versions()}.",
         "",
         "Scenarios send unique texts (nothing is deduplicated). The in-process limit is the "
@@ -580,6 +584,9 @@ def main() -> None:
         "--batch-lines", type=int, default=10_000, help="batch job run behind the latency scenario (0: none)"
     )
     parser.add_argument("--no-cuda-graphs", action="store_true", help="LLM2Vec models on CUDA run eagerly")
+    parser.add_argument(
+        "--client", choices=["aiohttp", "raw"], default="aiohttp", help="the load generator's HTTP client"
+    )
     parser.add_argument("--out", default=str(ROOT / "bench" / "RESULTS.md"))
     parser.add_argument("--work", default=str(ROOT / "bench" / "out"), help="where models and raw results go")
     args = parser.parse_args()
@@ -588,6 +595,7 @@ def main() -> None:
         setup = dataclasses.replace(setup, cuda_graphs=False)
     if args.batch_wait_ms is not None:
         setup = dataclasses.replace(setup, batch_wait_ms=args.batch_wait_ms)
+    setup = dataclasses.replace(setup, client=args.client)
     work = Path(args.work)
     builders = {
         "minilm": lambda: MINILM,
