@@ -357,41 +357,53 @@ class Batcher:
                     return None
                 if not lane.items or (yields and self._lanes["interactive"].items):
                     continue  # cancelled meanwhile, or an interactive input came first
-                now = time.perf_counter()
-                # The background worker (a process of its own, at idle priority) is never paced.
-                budget = (
-                    self.max_batch_tokens if background_only else self._pace.cap(now, self._bulk_queued())
-                )
-                lengths = [len(item.text.input_ids) for item in lane.items]
-                first = first_input(
-                    lengths,
-                    [item.job for item in lane.items],
-                    {job: now - job.last_taken for job in lane.jobs},
-                    self._max_unserved,
-                    self.max_batch_size,
-                    budget,
-                )
-                picked = select_batch(
-                    lengths, self.max_batch_size, budget, first, self._cost.padding_allowance()
-                )
-                chosen = set(picked)
-                items = [lane.items[i] for i in picked]
-                lane.items = [item for i, item in enumerate(lane.items) if i not in chosen]
-                lane.tokens -= sum(len(item.text.input_ids) for item in items)
-                lane.jobs &= {item.job for item in lane.items}
-                self._report_depth()
-                live = [item for item in items if not item.job.gone]
-                if not live:
-                    continue
-                lane.expected_jobs = len({item.job for item in live})
-                started = time.perf_counter()
-                for item in live:
-                    item.job.last_taken = started
-                    if item.job.started is None:
-                        item.job.started = started
-                batch = Batch.of(live)
-                batch.budget = 0 if background_only else budget  # 0: not a sample of the model's speed
-                return batch
+                batch = self._plan(lane, background_only)
+                if batch is not None:
+                    return batch
+
+    def _plan(self, lane: _Lane, background_only: bool) -> Batch | None:
+        """Take the next batch's inputs out of `lane`; None if every one taken was cancelled.
+        The caller holds the lock."""
+        now = time.perf_counter()
+        # The background worker (a process of its own, at idle priority) is never paced.
+        budget = self.max_batch_tokens if background_only else self._pace.cap(now, self._bulk_queued())
+        lengths = [len(item.text.input_ids) for item in lane.items]
+        first = first_input(
+            lengths,
+            [item.job for item in lane.items],
+            {job: now - job.last_taken for job in lane.jobs},
+            self._max_unserved,
+            self.max_batch_size,
+            budget,
+        )
+        picked = select_batch(lengths, self.max_batch_size, budget, first, self._cost.padding_allowance())
+        chosen = set(picked)
+        items = [lane.items[i] for i in picked]
+        lane.items = [item for i, item in enumerate(lane.items) if i not in chosen]
+        lane.tokens -= sum(len(item.text.input_ids) for item in items)
+        lane.jobs &= {item.job for item in lane.items}
+        self._report_depth()
+        live = [item for item in items if not item.job.gone]
+        if not live:
+            return None
+        lane.expected_jobs = len({item.job for item in live})
+        started = time.perf_counter()
+        for item in live:
+            item.job.last_taken = started
+            if item.job.started is None:
+                item.job.started = started
+        batch = Batch.of(live)
+        batch.budget = 0 if background_only else budget  # 0: not a sample of the model's speed
+        return batch
+
+    def _awaits_company(self, lane: _Lane) -> bool:
+        """A batch taken from `lane` now would first wait for more of its clients' requests."""
+        return (
+            self._max_wait > 0
+            and len(lane.jobs) < lane.expected_jobs
+            and len(lane.items) < self.max_batch_size
+            and lane.tokens < self.max_batch_tokens
+        )
 
     def _wait_for_company(self, lane: _Lane, yield_to: _Lane | None) -> None:
         """Wait briefly for the clients the lane's last batch served to send their next requests.
@@ -404,11 +416,7 @@ class Batcher:
         """
         deadline = time.monotonic() + self._max_wait
         while (
-            not self.stopping
-            and len(lane.jobs) < lane.expected_jobs
-            and len(lane.items) < self.max_batch_size
-            and lane.tokens < self.max_batch_tokens
-            and not (yield_to is not None and yield_to.items)
+            not self.stopping and self._awaits_company(lane) and not (yield_to is not None and yield_to.items)
         ):
             left = deadline - time.monotonic()
             if left <= 0:
