@@ -34,7 +34,7 @@ OnOverflow = Literal["truncate", "error", "chunk"]
 LogFormat = Literal["text", "json"]
 OnStorageError = Literal["open", "closed"]
 WorkerKind = Literal["process", "thread"]
-BatchWorker = Literal["background", "shared"]
+BatchWorker = Literal["auto", "background", "shared"]
 
 
 class ConfigError(Exception):
@@ -186,8 +186,9 @@ class BatchSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True
     # Batch work runs below interactive requests: "background" = a worker process per model
     # of its own (its own copy of the weights) at the lowest CPU priority, which the OS
     # preempts for interactive work; "shared" = the model's workers, only while no
-    # interactive input is queued (no extra copy: for one big GPU model).
-    worker: BatchWorker = "background"
+    # interactive input is queued (no extra copy: for one big GPU model); "auto" = background
+    # where the model's workers run on the CPU, shared where they run on CUDA.
+    worker: BatchWorker = "auto"
     # Torch threads of the background worker.
     worker_threads: int = 1
     # No longer used (the runner waited for the queue to empty before each chunk; the

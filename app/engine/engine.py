@@ -115,7 +115,7 @@ class EmbeddingEngine:
         """The background worker's torch threads, or None where there is none: Batch API
         jobs off, `batch.worker = "shared"`, or thread workers (a thread cannot be preempted)."""
         batch, engine = self._settings.batch, self._settings.engine
-        if batch.enabled and batch.worker == "background" and engine.workers == "process":
+        if batch.enabled and batch.worker != "shared" and engine.workers == "process":
             return batch.worker_threads
         return None
 
@@ -154,6 +154,7 @@ class EmbeddingEngine:
                     threads=engine.torch_threads,
                     warmup=self._warm_up_batch(tokenizer),
                     background_threads=self._background_threads(),
+                    background_on_cpu_only=self._settings.batch.worker == "auto",
                 )
                 pool.start()
                 slot.tokenizer, slot.pool = tokenizer, pool

@@ -29,11 +29,15 @@ ENTRY = ModelSettings(name=MODEL, base_model="fake", max_length=32, device="cpu"
 
 
 def make_engine(
-    tmp: Path, workers: str, batch_worker: str = "background", max_batch_size: int = 32
+    tmp: Path,
+    workers: str,
+    batch_worker: str = "background",
+    max_batch_size: int = 32,
+    device: str = "cpu",
 ) -> tuple[EmbeddingEngine, Controls]:
     settings = Settings(
         engine=EngineSettings(workers=workers, max_batch_wait_ms=0, max_batch_size=max_batch_size),  # type: ignore[arg-type]
-        models=[ENTRY],
+        models=[msgspec.structs.replace(ENTRY, device=device)],
         batch=BatchSettings(worker=batch_worker),  # type: ignore[arg-type]
     )
     settings = msgspec.structs.replace(
@@ -239,3 +243,26 @@ def test_shared_mode_and_thread_workers_start_no_background_worker(tmp_path: Pat
             assert vectors.shape == (1, DIMS)
         finally:
             engine.stop()
+
+
+@pytest.mark.parametrize(
+    ("device", "lanes"), [("cpu", ["interactive", "background"]), ("cuda:0", ["interactive"])]
+)
+def test_auto_gives_a_background_worker_only_to_a_model_on_the_cpu(
+    tmp_path: Path, device: str, lanes: list[str]
+) -> None:
+    """`batch.worker = "auto"` (the default): a model on the CPU gets its background worker;
+    one on CUDA shares its workers (no second copy in GPU memory). The fake model reports
+    the device it is given; nothing here touches a GPU."""
+    engine, controls = make_engine(tmp_path, "process", "auto", device=device)
+    try:
+        deadline = time.monotonic() + 60  # the background worker loads after readiness
+        while len(engine.workers(MODEL)) < len(lanes) or not all(w["serving"] for w in engine.workers(MODEL)):
+            assert time.monotonic() < deadline, engine.workers(MODEL)
+            time.sleep(0.05)
+        time.sleep(0.3)  # (a background worker started late would show up here)
+        assert [w["lane"] for w in engine.workers(MODEL)] == lanes
+        vectors = asyncio.run(engine.embed(MODEL, ["a batch line"], priority="background")).vectors
+        assert vectors.shape == (1, DIMS)
+    finally:
+        engine.stop()

@@ -10,7 +10,8 @@ With `background_threads` set, the pool also starts a background worker: one mor
 with its own copy of the weights that serves only the queue's background lane (Batch API
 jobs) at the lowest CPU priority. The model is ready without it (it is still loading, or
 "degraded" while it restarts); if it cannot start or is given up, the model's workers take
-the background lane, interactive inputs first.
+the background lane, interactive inputs first. With `background_on_cpu_only`
+(`batch.worker = "auto"`) it starts only once the model's workers are up and on the CPU.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ class ModelPool:
         threads: int,
         warmup: Sequence[TokenizedText],
         background_threads: int | None = None,
+        background_on_cpu_only: bool = False,
     ) -> None:
         self.entry = entry
         self.batcher = batcher
@@ -87,6 +89,10 @@ class ModelPool:
         self.background: ProcessWorker | None = None
         self.background_failure = ""
         self._stopped = False
+        # `batch.worker = "auto"`: the background worker is started only once the model's
+        # workers are up and on the CPU (on CUDA a second copy costs GPU memory, and CPU
+        # priority does not preempt GPU work: the model's workers share the lane instead).
+        self._background_on_cpu_only = background_on_cpu_only
         devices = worker_devices(entry)
         for index, device in enumerate(devices):
             placed = msgspec.structs.replace(entry, device=device)
@@ -120,11 +126,8 @@ class ModelPool:
         fails. The background worker starts meanwhile and on: it loads at the lowest CPU
         priority, which must not hold up readiness on a busy machine. Its lane waits for it;
         if it cannot start, the model's workers take that lane."""
-        if self.background is not None:
-            self.batcher.set_background_worker(True)
-            threading.Thread(
-                target=self._start_background, name="background-worker-start", daemon=True
-            ).start()
+        if self.background is not None and not self._background_on_cpu_only:
+            self._launch_background()
         errors: list[BaseException] = []
 
         def start(worker: Worker) -> None:
@@ -141,6 +144,21 @@ class ModelPool:
         if errors:
             self.stop()
             raise errors[0]
+        if self.background is not None and self._background_on_cpu_only:
+            if any(device.startswith("cuda") for device in self.devices):
+                logger.info(
+                    'model %s: on %s, batch work shares the model\'s workers (batch.worker = "auto")',
+                    self.entry.name,
+                    ", ".join(self.devices),
+                )
+                self.background = None
+            else:
+                self._launch_background()
+
+    def _launch_background(self) -> None:
+        assert self.background is not None
+        self.batcher.set_background_worker(True)
+        threading.Thread(target=self._start_background, name="background-worker-start", daemon=True).start()
 
     def _start_background(self) -> None:
         worker = self.background
