@@ -254,7 +254,7 @@ def test_auto_gives_a_background_worker_only_to_a_model_on_the_cpu(
     """`batch.worker = "auto"` (the default): a model on the CPU gets its background worker;
     one on CUDA shares its workers (no second copy in GPU memory). The fake model reports
     the device it is given; nothing here touches a GPU."""
-    engine, controls = make_engine(tmp_path, "process", "auto", device=device)
+    engine, _ = make_engine(tmp_path, "process", "auto", device=device)
     try:
         deadline = time.monotonic() + 60  # the background worker loads after readiness
         while len(engine.workers(MODEL)) < len(lanes) or not all(w["serving"] for w in engine.workers(MODEL)):
