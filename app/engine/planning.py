@@ -61,10 +61,12 @@ def select_batch(
     grows with the queued inputs nearest to it in length among the oldest, taking whichever
     adds the least padding, while its padded cost (longest x count) stays within
     `max_batch_tokens` and its size within `max_batch_size`. An input over the budget on
-    its own runs alone. With `max_padding` (the padded tokens that cost as much as a forward
-    of their own: app.engine.forward_cost), an input joins only if the padding it adds stays
-    within it: cheaper in the next forward than in one of its own, and the rows already
-    chosen do not wait for a much longer one.
+    its own runs alone. With `max_padding` (the padded tokens that cost as much as a
+    forward's fixed cost: app.engine.forward_cost), no row of the batch is padded by more
+    than that: an input much shorter than the others costs less in a forward of its own,
+    and the others do not wait for one much longer. (Per row, not summed over the batch:
+    32 queries a few tokens apart still share one forward, as they should; the fixed cost
+    the cost model sees is only the forward's, not the batch's trip through the gateway.)
     """
     if not lengths:
         return []
@@ -86,9 +88,12 @@ def select_batch(
             if right is not None and lengths[right] * count <= max_batch_tokens
             else None
         )
-        if max_padding is not None:
-            left_waste = left_waste if left_waste is not None and left_waste <= max_padding else None
-            right_waste = right_waste if right_waste is not None and right_waste <= max_padding else None
+        if max_padding is not None:  # the longest row minus the shortest, were it added
+            shortest = lengths[order[lo]]
+            if left is not None and width - lengths[left] > max_padding:
+                left_waste = None
+            if right is not None and lengths[right] - shortest > max_padding:
+                right_waste = None
         if left_waste is None and right_waste is None:
             break
         if left_waste is not None and (right_waste is None or left_waste <= right_waste):
