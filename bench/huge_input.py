@@ -128,13 +128,15 @@ def run(
     server_root: Path = ROOT,
     only_one: bool = False,
     string_rounds: int = 20,
+    config: Path | None = None,
 ) -> dict[str, Any]:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**_env(), "GATEWAY_API_KEY": KEY, "XDG_STATE_HOME": tempfile.mkdtemp(prefix="bench-state-")}
     with tempfile.TemporaryFile() as sink:
         process = subprocess.Popen(
-            [sys.executable, "-m", "app", "serve", "--port", str(port)],
+            [sys.executable, "-m", "app", "serve", "--port", str(port)]
+            + (["--config", str(config)] if config is not None else []),
             cwd=server_root,
             env=env,
             stdout=sink,
@@ -185,12 +187,13 @@ def main() -> None:
         "--server-root", type=Path, default=ROOT, help="serve the app of this tree (e.g. an export of main)"
     )
     parser.add_argument("--only-one", action="store_true", help="only the one 14 MiB string")
+    parser.add_argument("--config", type=Path, help="serve with this config (default: the default config)")
     parser.add_argument("--holds", action="store_true", help="only the tokenizer turns, in process")
     args = parser.parse_args()
     if args.holds:
         print(json.dumps(tokenizer_holds(), indent=2))
         return
-    results = run(args.rounds, args.seconds, args.server_root, args.only_one, args.string_rounds)
+    results = run(args.rounds, args.seconds, args.server_root, args.only_one, args.string_rounds, args.config)
     print(json.dumps(results, indent=2))
 
 
