@@ -252,6 +252,11 @@ class Batcher:
         or just had. Bulk work alone keeps every thread: there throughput is what counts."""
         return 1 if self._pace.interactive_seen(time.perf_counter()) and self.load.recently_busy() else 0
 
+    def query_queued(self) -> bool:
+        """An interactive request that one short forward serves whole has inputs queued (the
+        caller holds the lock)."""
+        return any(not self._pace.is_bulk(job.tokens) for job in self._lanes["interactive"].jobs)
+
     def _bulk_queued(self) -> bool:
         """Work that needs more than a short forward waits for the model's workers: a big
         interactive request, or background work when no worker of its own serves it."""
@@ -336,10 +341,12 @@ class Batcher:
         running: Callable[[], bool] = lambda: True,
         *,
         background_only: bool = False,
+        queries_only: Callable[[], bool] = lambda: False,
     ) -> Batch | None:
         """The next batch, from one lane, waiting for work and for `may_take`; None when
         stopping or when `running()` turns false. Inputs whose callers went away are dropped,
-        not returned. `background_only`: the caller is the background worker."""
+        not returned. `background_only`: the caller is the background worker;
+        `queries_only()`: the batch holds only inputs of requests one short forward serves."""
         with self.cond:
             while True:
                 priority = None
@@ -357,26 +364,41 @@ class Batcher:
                     return None
                 if not lane.items or (yields and self._lanes["interactive"].items):
                     continue  # cancelled meanwhile, or an interactive input came first
-                batch = self._plan(lane, background_only)
+                only = priority == "interactive" and queries_only()
+                if only and not self.query_queued():
+                    continue  # its query was taken by another worker meanwhile
+                batch = self._plan(lane, background_only, only)
                 if batch is not None:
                     return batch
 
-    def _plan(self, lane: _Lane, background_only: bool) -> Batch | None:
+    def _plan(self, lane: _Lane, background_only: bool, queries_only: bool = False) -> Batch | None:
         """Take the next batch's inputs out of `lane`; None if every one taken was cancelled.
-        The caller holds the lock."""
+        `queries_only`: only inputs of requests one short forward serves whole. The caller
+        holds the lock."""
         now = time.perf_counter()
         # The background worker (a process of its own, at idle priority) is never paced.
         budget = self.max_batch_tokens if background_only else self._pace.cap(now, self._bulk_queued())
-        lengths = [len(item.text.input_ids) for item in lane.items]
+        offered = [
+            i
+            for i, item in enumerate(lane.items)
+            if not queries_only or not self._pace.is_bulk(item.job.tokens)
+        ]
+        if not offered:
+            return None
+        lengths = [len(lane.items[i].text.input_ids) for i in offered]
+        owners = [lane.items[i].job for i in offered]
         first = first_input(
             lengths,
-            [item.job for item in lane.items],
-            {job: now - job.last_taken for job in lane.jobs},
+            owners,
+            {job: now - job.last_taken for job in set(owners)},
             self._max_unserved,
             self.max_batch_size,
             budget,
         )
-        picked = select_batch(lengths, self.max_batch_size, budget, first, self._cost.padding_allowance())
+        picked = [
+            offered[i]
+            for i in select_batch(lengths, self.max_batch_size, budget, first, self._cost.padding_allowance())
+        ]
         chosen = set(picked)
         items = [lane.items[i] for i in picked]
         lane.items = [item for i, item in enumerate(lane.items) if i not in chosen]

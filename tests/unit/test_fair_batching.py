@@ -170,3 +170,67 @@ def test_a_short_request_is_not_padded_to_a_long_ones_length_once_the_cost_is_kn
     assert len(controls.batches()[0]["rows"]) == 8  # type: ignore[arg-type]
     widths = sorted(sorted(len(r) for r in b["rows"]) for b in controls.batches()[1:])  # type: ignore[union-attr]
     assert widths == [[2, 3], [WIDTH]]  # the two queries share one forward, the document has its own
+
+
+def test_with_two_cpu_workers_one_is_kept_for_queries_while_bulk_is_paced(tmp_path: Path) -> None:
+    # As the pacing test above, on two worker processes. Bulk alone runs on both; while
+    # small requests are about, the second worker runs only batches seeded by one of them,
+    # so a query never waits for a bulk forward to end.
+    from app.config import BatchSettings
+
+    settings = Settings(
+        engine=EngineSettings(
+            workers="process", max_batch_wait_ms=0, max_batch_size=64, max_batch_tokens=2048, max_batch_ms=25
+        ),
+        models=[ModelSettings(name=MODEL, base_model="fake", max_length=WIDTH, device="cpu", devices=2)],
+        batch=BatchSettings(enabled=False),
+    )
+    settings = msgspec.structs.replace(
+        settings, api=msgspec.structs.replace(settings.api, token_ids="native")
+    )
+    loader = FakeLoader(str(tmp_path), real=False, dimensions=4, forward_seconds=(0.005, 20e-6))
+    engine = EmbeddingEngine(settings, loader)
+    engine.start()
+    engine.wait_loaded(60)
+    controls = loader.controls(MODEL)
+
+    async def bulk_alone() -> None:
+        await asyncio.gather(
+            *(engine.embed(MODEL, [_long(f"bulk{k}", i) for i in range(256)]) for k in range(4))
+        )
+
+    async def bulk_with_small_requests() -> int:
+        big = asyncio.ensure_future(engine.embed(MODEL, [_long("mixed", i) for i in range(2000)]))
+        served = 0
+        while not big.done():
+            await engine.embed(MODEL, f"a small request {served}")
+            served += 1
+            await asyncio.sleep(0.02)
+        await big
+        return served
+
+    def forwards() -> list[tuple[int, int]]:
+        """(pid, longest row) of each forward, in the order they started."""
+        return [(int(b["pid"]), max(len(r) for r in b["rows"])) for b in controls.batches()]  # type: ignore[arg-type, union-attr]
+
+    try:
+        assert engine.ready, engine.status()
+        first, second = (int(w["pid"]) for w in engine.workers(MODEL))  # type: ignore[call-overload]
+        controls.forget_batches()
+        asyncio.run(bulk_alone())
+        alone = forwards()
+        controls.forget_batches()
+        served = asyncio.run(bulk_with_small_requests())
+        mixed = forwards()
+    finally:
+        engine.stop()
+    assert {pid for pid, _ in alone} == {first, second}  # pure bulk: both workers
+    assert served >= 5
+    # Pacing starts with the first query (the bulk rows taken before it may still be in
+    # the kept worker's pipe): from the third query's forward on, the kept worker runs only
+    # queries, and the other one the bulk rows.
+    queries = [i for i, (_, longest) in enumerate(mixed) if longest < WIDTH]
+    later = mixed[queries[2] :]
+    kept = [longest for pid, longest in later if pid == second]
+    assert kept and all(longest < WIDTH for longest in kept), later
+    assert any(longest == WIDTH for pid, longest in later if pid == first)

@@ -103,6 +103,9 @@ class ModelPool:
                 self.workers.append(
                     ProcessWorker(index, batcher, loader, placed, threads, warmup, self._changed)
                 )
+        last = self.workers[-1]
+        if isinstance(last, ProcessWorker) and len(self.workers) >= 2:
+            last.reserved = True  # kept for queries while bulk work is paced (on CPU workers)
         if background_threads is not None and kind == "process":
             placed = msgspec.structs.replace(entry, device=devices[0])
             self.background = ProcessWorker(

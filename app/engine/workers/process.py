@@ -134,6 +134,9 @@ class ProcessWorker:
         self.failure: str | None = None
         self.can_restart = True
         self.batches = 0
+        # Kept for queries while forwards are paced (set by the pool on the last of two or
+        # more CPU workers): it takes a batch then only when a query is queued.
+        self.reserved = False
         self.dimensions = 0
         self.device = ""
         self.pid: int | None = None
@@ -242,6 +245,11 @@ class ProcessWorker:
     # -- feeding -----------------------------------------------------------------------------
 
     def _may_take(self, priority: Priority, queued: int, tokens: int) -> bool:
+        # While bulk work is paced for queries, a reserved worker waits for a query and runs
+        # queries only (_queries_only), so a query never waits for a document's forward
+        # while the other workers run bulk rows.
+        if self._queries_only() and not (priority == "interactive" and self._batcher.query_queued()):
+            return False
         flying = len(self._in_flight)
         if flying == 0:
             return True
@@ -259,11 +267,17 @@ class ProcessWorker:
         full = queued >= self._batcher.max_batch_size or tokens >= self._batcher.max_batch_tokens
         return flying < PIPELINE and full
 
+    def _queries_only(self) -> bool:
+        """Whether this worker is kept for queries now (the caller holds the lock)."""
+        return self.reserved and self.device == "cpu" and self._batcher.paced
+
     def _feed(self, life: int) -> None:
         def running() -> bool:
             return self._life == life
 
-        take = functools.partial(self._batcher.take, background_only=self._background)
+        take = functools.partial(
+            self._batcher.take, background_only=self._background, queries_only=self._queries_only
+        )
         while (batch := take(self._may_take, running)) is not None:
             self._dispatch(batch, life)
 
