@@ -234,3 +234,26 @@ def test_with_two_cpu_workers_one_is_kept_for_queries_while_bulk_is_paced(tmp_pa
     kept = [longest for pid, longest in later if pid == second]
     assert kept and all(longest < WIDTH for longest in kept), later
     assert any(longest == WIDTH for pid, longest in later if pid == first)
+
+
+def test_the_worker_kept_for_queries_takes_bulk_work_while_no_other_serves(tmp_path: Path) -> None:
+    # With the others down (restarting, or given up), keeping it for queries would starve
+    # bulk work for as long as queries come.
+    from app.engine.batcher import Batcher
+    from app.engine.observer import NullObserver
+    from app.engine.workers.pool import ModelPool
+    from app.engine.workers.process import ProcessWorker
+
+    entry = ModelSettings(name=MODEL, base_model="fake", max_length=WIDTH, device="cpu", devices=3)
+    batcher = Batcher(
+        MODEL, max_batch_size=8, max_batch_tokens=256, max_queue_tokens=10_000, observer=NullObserver()
+    )
+    pool = ModelPool(
+        entry, batcher, FakeLoader(str(tmp_path), real=False), kind="process", threads=1, warmup=[]
+    )
+    *others, kept = pool.workers
+    assert isinstance(kept, ProcessWorker)
+    assert all(isinstance(w, ProcessWorker) and not w.keep_for_queries() for w in others)
+    assert not kept.keep_for_queries()  # nothing started: no other worker serves
+    others[1]._serving = True  # type: ignore[union-attr]
+    assert kept.keep_for_queries()

@@ -103,9 +103,10 @@ class ModelPool:
                 self.workers.append(
                     ProcessWorker(index, batcher, loader, placed, threads, warmup, self._changed)
                 )
-        last = self.workers[-1]
-        if isinstance(last, ProcessWorker) and len(self.workers) >= 2:
-            last.reserved = True  # kept for queries while bulk work is paced (on CPU workers)
+        last, others = self.workers[-1], self.workers[:-1]
+        if isinstance(last, ProcessWorker) and others:
+            # Kept for queries while bulk work is paced (CPU workers), while another serves.
+            last.keep_for_queries = lambda: any(w.serving for w in others)
         if background_threads is not None and kind == "process":
             placed = msgspec.structs.replace(entry, device=devices[0])
             self.background = ProcessWorker(

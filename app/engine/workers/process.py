@@ -134,9 +134,10 @@ class ProcessWorker:
         self.failure: str | None = None
         self.can_restart = True
         self.batches = 0
-        # Kept for queries while forwards are paced (set by the pool on the last of two or
-        # more CPU workers): it takes a batch then only when a query is queued.
-        self.reserved = False
+        # Whether to keep this worker for queries while forwards are paced (the pool sets it
+        # on the last of two or more workers: true while another of them serves, so bulk
+        # work never starves behind queries when the others are down).
+        self.keep_for_queries: Callable[[], bool] = lambda: False
         self.dimensions = 0
         self.device = ""
         self.pid: int | None = None
@@ -269,7 +270,7 @@ class ProcessWorker:
 
     def _queries_only(self) -> bool:
         """Whether this worker is kept for queries now (the caller holds the lock)."""
-        return self.reserved and self.device == "cpu" and self._batcher.paced
+        return self.device == "cpu" and self._batcher.paced and self.keep_for_queries()
 
     def _feed(self, life: int) -> None:
         def running() -> bool:
