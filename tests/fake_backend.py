@@ -20,12 +20,17 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from app.config import ModelSettings
+from app.config import BatchSettings, EngineSettings, ModelSettings, Settings
 from app.models.protocol import BatchMemoryError, EmbeddingModel, EmbeddingTokenizer, TokenizedText
+
+if TYPE_CHECKING:
+    from app.engine.engine import EmbeddingEngine
 
 POLL = 0.002
 
@@ -257,3 +262,30 @@ class FakeLoader:
     def loads(self, model: str) -> list[str]:
         path = self.controls(model).dir / "loads"
         return path.read_text().split() if path.exists() else []
+
+
+def start_engine(
+    tmp: Path | str,
+    engine: EngineSettings,
+    model: ModelSettings,
+    *,
+    batch: BatchSettings | None = None,
+    dimensions: int = 8,
+    forward_seconds: tuple[float, float] = (0.0, 0.0),
+) -> tuple[EmbeddingEngine, Controls]:
+    """An engine serving `model` on the fake parts (`real=False`), started and loaded, with
+    token ids read natively and no batch recorded yet: what engine-level tests begin with."""
+    from app.engine.engine import EmbeddingEngine  # not in worker processes, which import this module
+
+    settings = Settings(engine=engine, models=[model], batch=batch or BatchSettings())
+    settings = msgspec.structs.replace(
+        settings, api=msgspec.structs.replace(settings.api, token_ids="native")
+    )
+    loader = FakeLoader(str(tmp), real=False, dimensions=dimensions, forward_seconds=forward_seconds)
+    built = EmbeddingEngine(settings, loader)
+    built.start()
+    built.wait_loaded(120)
+    assert built.ready, built.status()
+    controls = loader.controls(model.name)
+    controls.forget_batches()
+    return built, controls

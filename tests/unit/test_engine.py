@@ -9,35 +9,25 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import msgspec
 import numpy as np
 import pytest
 
-from app.config import EngineSettings, ModelSettings, Settings
+from app.config import EngineSettings, ModelSettings
 from app.engine.engine import EmbeddingEngine
 from app.errors import InternalServerError, InvalidRequestError, OverloadedError
-from tests.fake_backend import Controls, FakeLoader, WordTokenizer
+from tests.fake_backend import Controls, WordTokenizer, start_engine
 
 MODEL = "fake"
 DIMS = 8
 
 
 def make_engine(tmp: Path, workers: str = "thread", **engine: object) -> tuple[EmbeddingEngine, Controls]:
-    settings = Settings(
-        engine=EngineSettings(workers=workers, **engine),  # type: ignore[arg-type]
-        models=[ModelSettings(name=MODEL, base_model="fake", max_length=32, device="cpu")],
+    return start_engine(
+        tmp,
+        EngineSettings(workers=workers, **engine),  # type: ignore[arg-type]
+        ModelSettings(name=MODEL, base_model="fake", max_length=32, device="cpu"),
+        dimensions=DIMS,
     )
-    settings = msgspec.structs.replace(
-        settings, api=msgspec.structs.replace(settings.api, token_ids="native")
-    )
-    loader = FakeLoader(str(tmp), real=False, dimensions=DIMS)
-    engine_ = EmbeddingEngine(settings, loader)
-    engine_.start()
-    engine_.wait_loaded(120)
-    assert engine_.ready, engine_.status()
-    controls = loader.controls(MODEL)
-    controls.forget_batches()
-    return engine_, controls
 
 
 @pytest.fixture()

@@ -9,12 +9,11 @@ import statistics
 from collections.abc import Iterator
 from pathlib import Path
 
-import msgspec
 import pytest
 
-from app.config import EngineSettings, ModelSettings, Settings
+from app.config import EngineSettings, ModelSettings
 from app.engine.engine import EmbeddingEngine
-from tests.fake_backend import Controls, FakeLoader
+from tests.fake_backend import Controls, FakeLoader, start_engine
 
 MODEL = "fake"
 WIDTH = 32  # max_length: a text of WIDTH words or more is WIDTH tokens
@@ -23,21 +22,13 @@ WIDTH = 32  # max_length: a text of WIDTH words or more is WIDTH tokens
 def _engine(
     tmp: Path, forward_seconds: tuple[float, float] = (0.0, 0.0), **engine: object
 ) -> tuple[EmbeddingEngine, Controls]:
-    settings = Settings(
-        engine=EngineSettings(**{"workers": "thread", "max_batch_wait_ms": 0, **engine}),  # type: ignore[arg-type]
-        models=[ModelSettings(name=MODEL, base_model="fake", max_length=WIDTH, device="cpu")],
+    return start_engine(
+        tmp,
+        EngineSettings(**{"workers": "thread", "max_batch_wait_ms": 0, **engine}),  # type: ignore[arg-type]
+        ModelSettings(name=MODEL, base_model="fake", max_length=WIDTH, device="cpu"),
+        dimensions=4,
+        forward_seconds=forward_seconds,
     )
-    settings = msgspec.structs.replace(
-        settings, api=msgspec.structs.replace(settings.api, token_ids="native")
-    )
-    loader = FakeLoader(str(tmp), real=False, dimensions=4, forward_seconds=forward_seconds)
-    built = EmbeddingEngine(settings, loader)
-    built.start()
-    built.wait_loaded(60)
-    assert built.ready, built.status()
-    controls = loader.controls(MODEL)
-    controls.forget_batches()
-    return built, controls
 
 
 def _long(tag: str, i: int) -> str:
@@ -178,21 +169,16 @@ def test_with_two_cpu_workers_one_is_kept_for_queries_while_bulk_is_paced(tmp_pa
     # so a query never waits for a bulk forward to end.
     from app.config import BatchSettings
 
-    settings = Settings(
-        engine=EngineSettings(
+    engine, controls = start_engine(
+        tmp_path,
+        EngineSettings(
             workers="process", max_batch_wait_ms=0, max_batch_size=64, max_batch_tokens=2048, max_batch_ms=25
         ),
-        models=[ModelSettings(name=MODEL, base_model="fake", max_length=WIDTH, device="cpu", devices=2)],
+        ModelSettings(name=MODEL, base_model="fake", max_length=WIDTH, device="cpu", devices=2),
         batch=BatchSettings(enabled=False),
+        dimensions=4,
+        forward_seconds=(0.005, 20e-6),
     )
-    settings = msgspec.structs.replace(
-        settings, api=msgspec.structs.replace(settings.api, token_ids="native")
-    )
-    loader = FakeLoader(str(tmp_path), real=False, dimensions=4, forward_seconds=(0.005, 20e-6))
-    engine = EmbeddingEngine(settings, loader)
-    engine.start()
-    engine.wait_loaded(60)
-    controls = loader.controls(MODEL)
 
     async def bulk_alone() -> None:
         await asyncio.gather(
@@ -214,7 +200,6 @@ def test_with_two_cpu_workers_one_is_kept_for_queries_while_bulk_is_paced(tmp_pa
         return [(int(b["pid"]), max(len(r) for r in b["rows"])) for b in controls.batches()]  # type: ignore[arg-type, union-attr]
 
     try:
-        assert engine.ready, engine.status()
         first, second = (int(w["pid"]) for w in engine.workers(MODEL))  # type: ignore[call-overload]
         controls.forget_batches()
         asyncio.run(bulk_alone())

@@ -16,12 +16,12 @@ import msgspec
 import numpy as np
 import pytest
 
-from app.config import BatchSettings, EngineSettings, ModelSettings, Settings
+from app.config import BatchSettings, EngineSettings, ModelSettings
 from app.engine.batcher import Batcher, Job, always
 from app.engine.engine import EmbeddingEngine
 from app.engine.observer import NullObserver
 from app.models.protocol import TokenizedText
-from tests.fake_backend import Controls, FakeLoader, WordTokenizer
+from tests.fake_backend import Controls, WordTokenizer, start_engine
 
 MODEL = "fake"
 DIMS = 8
@@ -35,22 +35,13 @@ def make_engine(
     max_batch_size: int = 32,
     device: str = "cpu",
 ) -> tuple[EmbeddingEngine, Controls]:
-    settings = Settings(
-        engine=EngineSettings(workers=workers, max_batch_wait_ms=0, max_batch_size=max_batch_size),  # type: ignore[arg-type]
-        models=[msgspec.structs.replace(ENTRY, device=device)],
+    return start_engine(
+        tmp,
+        EngineSettings(workers=workers, max_batch_wait_ms=0, max_batch_size=max_batch_size),  # type: ignore[arg-type]
+        msgspec.structs.replace(ENTRY, device=device),
         batch=BatchSettings(worker=batch_worker),  # type: ignore[arg-type]
+        dimensions=DIMS,
     )
-    settings = msgspec.structs.replace(
-        settings, api=msgspec.structs.replace(settings.api, token_ids="native")
-    )
-    loader = FakeLoader(str(tmp), real=False, dimensions=DIMS)
-    engine = EmbeddingEngine(settings, loader)
-    engine.start()
-    engine.wait_loaded(120)
-    assert engine.ready, engine.status()
-    controls = loader.controls(MODEL)
-    controls.forget_batches()
-    return engine, controls
 
 
 def _ids(text: str) -> tuple[int, ...]:
