@@ -255,7 +255,10 @@ class Batcher:
     def query_queued(self) -> bool:
         """An interactive request that one short forward serves whole has inputs queued (the
         caller holds the lock)."""
-        return any(not self._pace.is_bulk(job.tokens) for job in self._lanes["interactive"].jobs)
+        return any(self._is_query(job) for job in self._lanes["interactive"].jobs)
+
+    def _is_query(self, job: Job) -> bool:
+        return not self._pace.is_bulk(job.tokens)
 
     def _bulk_queued(self) -> bool:
         """Work that needs more than a short forward waits for the model's workers: a big
@@ -364,10 +367,8 @@ class Batcher:
                     return None
                 if not lane.items or (yields and self._lanes["interactive"].items):
                     continue  # cancelled meanwhile, or an interactive input came first
-                only = priority == "interactive" and queries_only()
-                if only and not self.query_queued():
-                    continue  # its query was taken by another worker meanwhile
-                batch = self._plan(lane, background_only, only)
+                # None also when no query is left to take (another worker took it meanwhile).
+                batch = self._plan(lane, background_only, priority == "interactive" and queries_only())
                 if batch is not None:
                     return batch
 
@@ -378,11 +379,7 @@ class Batcher:
         now = time.perf_counter()
         # The background worker (a process of its own, at idle priority) is never paced.
         budget = self.max_batch_tokens if background_only else self._pace.cap(now, self._bulk_queued())
-        offered = [
-            i
-            for i, item in enumerate(lane.items)
-            if not queries_only or not self._pace.is_bulk(item.job.tokens)
-        ]
+        offered = [i for i, item in enumerate(lane.items) if not queries_only or self._is_query(item.job)]
         if not offered:
             return None
         lengths = [len(lane.items[i].text.input_ids) for i in offered]
