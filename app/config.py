@@ -140,8 +140,9 @@ class ModelSettings(_Base, kw_only=True, frozen=True, forbid_unknown_fields=True
     device: str = "auto"
     # One worker per device, each with its own copy of the weights, fed from one queue:
     # a list of devices (["cuda:0", "cuda:1"]) or a count (on CUDA cuda:0 .. cuda:N-1,
-    # on CPU N workers on the CPU).
-    devices: list[str] | int = 1
+    # on CPU N workers on the CPU), or "auto": one worker, and on a CPU host a second one
+    # where memory and cores allow (app.engine.workers.host).
+    devices: list[str] | int | Literal["auto"] = 1
     # On CUDA: replay small forwards from captured CUDA graphs (app/models/cuda_graphs.py).
     cuda_graphs: bool = True
     normalize: bool = True

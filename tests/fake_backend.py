@@ -205,7 +205,8 @@ class HashModel:
 
     def __init__(self, dimensions: int, device: str) -> None:
         self.dimensions = dimensions
-        self.device = device
+        # As the real backends resolve it on a host without CUDA.
+        self.device = "cpu" if device.partition(":")[0] == "auto" else device
 
     def embed(self, batch: Sequence[TokenizedText]) -> npt.NDArray[np.float32]:
         rows = []

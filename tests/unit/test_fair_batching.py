@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import statistics
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -163,7 +165,10 @@ def test_a_short_request_is_not_padded_to_a_long_ones_length_once_the_cost_is_kn
     assert widths == [[2, 3], [WIDTH]]  # the two queries share one forward, the document has its own
 
 
-def test_with_two_cpu_workers_one_is_kept_for_queries_while_bulk_is_paced(tmp_path: Path) -> None:
+@pytest.mark.parametrize("devices", [2, "auto"])
+def test_with_two_cpu_workers_one_is_kept_for_queries_while_bulk_is_paced(
+    tmp_path: Path, devices: int | Literal["auto"]
+) -> None:
     # As the pacing test above, on two worker processes. Bulk alone runs on both; while
     # small requests are about, the second worker runs only batches seeded by one of them,
     # so a query never waits for a bulk forward to end.
@@ -174,11 +179,16 @@ def test_with_two_cpu_workers_one_is_kept_for_queries_while_bulk_is_paced(tmp_pa
         EngineSettings(
             workers="process", max_batch_wait_ms=0, max_batch_size=64, max_batch_tokens=2048, max_batch_ms=25
         ),
-        ModelSettings(name=MODEL, base_model="fake", max_length=WIDTH, device="cpu", devices=2),
+        ModelSettings(name=MODEL, base_model="fake", max_length=WIDTH, device="cpu", devices=devices),
         batch=BatchSettings(enabled=False),
         dimensions=4,
         forward_seconds=(0.005, 20e-6),
     )
+    # "auto": the second worker joins once the first is up (this host has the cores and
+    # memory for it; tests/unit/test_auto_workers.py).
+    deadline = time.monotonic() + 60
+    while sum(w["serving"] is True for w in engine.workers(MODEL)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
 
     async def bulk_alone() -> None:
         await asyncio.gather(

@@ -6,7 +6,7 @@ float32. Nothing is pickled per input, and decoding a reply is one `np.frombuffe
 
     gateway -> worker   BATCH  id, rows, ids, spare | int32 lengths[rows] pooled[rows] ids[total]
                         STOP
-    worker -> gateway   HELLO  pid, dimensions | device (utf-8)
+    worker -> gateway   HELLO  pid, dimensions, torch threads | device (utf-8)
                         VECTORS id, rows, dims, seconds | float32 [rows, dims]
                         MEMORY id, seconds                 (out of memory: split and resend)
                         ERROR  id, seconds | message (utf-8)
@@ -29,7 +29,7 @@ BATCH, STOP, HELLO, VECTORS, MEMORY, ERROR, LOAD_FAILED = range(1, 8)
 
 _KIND = struct.Struct("<B")
 _BATCH = struct.Struct("<BQIIB")  # kind, batch id, rows, total ids, cores to spare
-_HELLO = struct.Struct("<BII")  # kind, pid, dimensions
+_HELLO = struct.Struct("<BIIH")  # kind, pid, dimensions, torch threads
 _VECTORS = struct.Struct("<BQIId")  # kind, batch id, rows, dimensions, seconds
 _FAILED = struct.Struct("<BQd")  # kind, batch id, seconds
 
@@ -82,15 +82,16 @@ class Hello(NamedTuple):
     pid: int
     dimensions: int
     device: str
+    threads: int
 
 
-def encode_hello(pid: int, dimensions: int, device: str) -> bytes:
-    return _HELLO.pack(HELLO, pid, dimensions) + device.encode()
+def encode_hello(pid: int, dimensions: int, device: str, threads: int) -> bytes:
+    return _HELLO.pack(HELLO, pid, dimensions, threads) + device.encode()
 
 
 def decode_hello(message: bytes) -> Hello:
-    _, pid, dimensions = _HELLO.unpack_from(message)
-    return Hello(pid, dimensions, message[_HELLO.size :].decode())
+    _, pid, dimensions, threads = _HELLO.unpack_from(message)
+    return Hello(pid, dimensions, message[_HELLO.size :].decode(), threads)
 
 
 def encode_vectors(batch_id: int, vectors: npt.NDArray[np.float32], seconds: float) -> bytes:

@@ -48,7 +48,7 @@ def worker_main(
     except Exception as exc:
         replies.send_bytes(channel.encode_load_failed(f"{type(exc).__name__}: {exc}"))
         return
-    replies.send_bytes(channel.encode_hello(os.getpid(), model.dimensions, model.device))
+    replies.send_bytes(channel.encode_hello(os.getpid(), model.dimensions, model.device, share.full))
     while True:
         try:
             message = requests.recv_bytes()

@@ -1,10 +1,13 @@
 """One model's workers over its one queue: started together, reported together.
 
 `devices` in a model entry gives one worker per device (or a count); each loads its own
-copy of the weights. The model serves while any worker serves: with some down it is
-"degraded", with none it is not ready until a restarted worker is back (requests already
-queued wait for it), and if no worker can come back the queue fails and new requests get
-503.
+copy of the weights. `devices = "auto"` starts one, and once it is up on the CPU a second
+where the host has the cores and memory (app.engine.workers.host): the two split the
+cores, and the second is kept for queries while bulk work is paced.
+
+The model serves while any worker serves: with some down it is "degraded", with none it
+is not ready until a restarted worker is back (requests already queued wait for it), and
+if no worker can come back the queue fails and new requests get 503.
 
 With `background_threads` set, the pool also starts a background worker: one more process
 with its own copy of the weights that serves only the queue's background lane (Batch API
@@ -26,6 +29,7 @@ import msgspec
 
 from app.config import ModelSettings
 from app.engine.batcher import Batcher, Priority, not_serving
+from app.engine.workers import host
 from app.engine.workers.process import ProcessWorker
 from app.engine.workers.thread import ThreadWorker
 from app.errors import InternalServerError
@@ -61,7 +65,7 @@ def worker_devices(entry: ModelSettings) -> list[str]:
     if isinstance(entry.devices, list):
         return list(entry.devices)
     count = entry.devices
-    if count == 1:
+    if count == "auto" or count == 1:  # "auto": a second CPU worker may follow (ModelPool)
         return [entry.device]
     if entry.device in ("auto", "cuda"):
         return [f"{entry.device}:{i}" for i in range(count)]
@@ -83,6 +87,7 @@ class ModelPool:
     ) -> None:
         self.entry = entry
         self.batcher = batcher
+        self._loader, self._threads, self._warmup = loader, threads, warmup
         self._lock = threading.Lock()
         # The interactive workers; the background worker, if any, is apart.
         self.workers: list[Worker] = []
@@ -107,10 +112,11 @@ class ModelPool:
         if isinstance(last, ProcessWorker) and others:
             # Kept for queries while bulk work is paced (CPU workers), while another serves.
             last.keep_for_queries = lambda: any(w.serving for w in others)
+        self._auto_second = entry.devices == "auto" and kind == "process"
         if background_threads is not None and kind == "process":
             placed = msgspec.structs.replace(entry, device=devices[0])
             self.background = ProcessWorker(
-                len(devices),
+                len(devices) + self._auto_second,
                 batcher,
                 loader,
                 placed,
@@ -148,6 +154,8 @@ class ModelPool:
         if errors:
             self.stop()
             raise errors[0]
+        if self._auto_second:
+            self._add_cpu_worker()
         if self.background is not None and self._background_on_cpu_only:
             if any(device.startswith("cuda") for device in self.devices):
                 logger.info(
@@ -158,6 +166,51 @@ class ModelPool:
                 self.background = None
             else:
                 self._launch_background()
+
+    def _add_cpu_worker(self) -> None:
+        """`devices = "auto"`: a second worker beside the first where it is up on the CPU and
+        the host has the cores and memory. It loads while the model already serves, and joins
+        the pool once up; the first then leaves it its share of the cores."""
+        first = self.workers[0]
+        if not isinstance(first, ProcessWorker) or first.device != "cpu" or first.pid is None:
+            return
+        plan = host.plan_second_worker(
+            host.usable_cores(), host.resident_bytes(first.pid), host.available_memory(), self._threads
+        )
+        if not plan.threads:
+            logger.info("model %s: one CPU worker (%s)", self.entry.name, plan.reason)
+            return
+        placed = msgspec.structs.replace(self.entry, device="cpu")
+        second = ProcessWorker(
+            1, self.batcher, self._loader, placed, plan.threads, self._warmup, self._changed
+        )
+        second.keep_for_queries = lambda: first.serving
+        first.threads_lent = lambda: max(0, first.threads - plan.threads) if second.serving else 0
+        threading.Thread(target=self._start_second, args=(second,), name="worker-1", daemon=True).start()
+
+    def _start_second(self, worker: ProcessWorker) -> None:
+        try:
+            worker.start()
+        except Exception as exc:
+            logger.error(
+                "model %s: a second CPU worker failed to start (%s: %s); one serves",
+                self.entry.name,
+                type(exc).__name__,
+                exc,
+            )
+            return
+        with self._lock:
+            stopped = self._stopped  # the pool stopped while it was loading
+            if not stopped:
+                self.workers.append(worker)
+        if stopped:
+            worker.stop()
+            return
+        logger.info(
+            "model %s: a second CPU worker serves (torch threads per worker: %d; kept for queries)",
+            self.entry.name,
+            worker.threads,
+        )
 
     def _launch_background(self) -> None:
         assert self.background is not None
@@ -183,11 +236,13 @@ class ModelPool:
         self.batcher.set_background_worker(False)
 
     def stop(self) -> None:
-        self._stopped = True
+        with self._lock:  # a second CPU worker coming up now sees it and stops itself
+            self._stopped = True
+            workers = self.all_workers
         self.batcher.stop()
         # In parallel: each may wait half a second for its process to exit, and a shutdown
         # has a deadline however many workers (a background one included) there are.
-        stopping = [threading.Thread(target=w.stop, daemon=True) for w in self.all_workers]
+        stopping = [threading.Thread(target=w.stop, daemon=True) for w in workers]
         for thread in stopping:
             thread.start()
         for thread in stopping:

@@ -138,6 +138,10 @@ class ProcessWorker:
         # on the last of two or more workers: true while another of them serves, so bulk
         # work never starves behind queries when the others are down).
         self.keep_for_queries: Callable[[], bool] = lambda: False
+        # Torch threads this worker leaves to a sibling now (the pool sets it where a second
+        # CPU worker shares its cores: `devices = "auto"`).
+        self.threads_lent: Callable[[], int] = lambda: 0
+        self.threads = 0  # the worker's own torch threads, as it reported them
         self.dimensions = 0
         self.device = ""
         self.pid: int | None = None
@@ -210,6 +214,7 @@ class ProcessWorker:
             raise
         self._process, self._requests, self._replies = process, requests, replies
         self.pid, self.dimensions, self.device = hello.pid, hello.dimensions, hello.device
+        self.threads = hello.threads
         self._outbox = queue.SimpleQueue()
         with self._batcher.cond:
             self._life += 1
@@ -293,7 +298,7 @@ class ProcessWorker:
             return
         # A forward that a busy gateway would stall leaves it a core (ThreadShare). The
         # background worker is preempted by everything anyway.
-        spare = 0 if self._background else self._batcher.spare_cores()
+        spare = 0 if self._background else min(255, self._batcher.spare_cores() + self.threads_lent())
         message = channel.encode_batch(batch_id, batch.rows, spare)
         requests = self._requests
         assert requests is not None

@@ -1,0 +1,67 @@
+"""What `devices = "auto"` asks of the host: whether a CPU model gets a second worker.
+
+On a CPU, one worker on every core runs a lone query fastest, but a query that arrives
+while it runs a document's forward waits for it to end (on 2 cores, 50 to 65 ms for one
+256-token MiniLM row; bench/README.md, huge inputs). Two workers splitting the cores, the
+second kept for queries while bulk work is paced (ProcessWorker.keep_for_queries), halve
+the worst wait and run bulk work as fast. The price is a second copy of the model, so it
+is taken only where the first worker's memory fits four times into what is free.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+# The second copy may take at most this share of the memory free once the first is up.
+MEMORY_SHARE = 0.25
+
+
+class SecondWorker(NamedTuple):
+    """The second CPU worker's plan, or why there is none (`threads` 0)."""
+
+    threads: int
+    reason: str
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, e.g. a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def available_memory() -> int | None:
+    """Bytes the kernel could give out now without swapping (MemAvailable), if known."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def resident_bytes(pid: int) -> int | None:
+    """A process's resident memory, if it can be read."""
+    try:
+        with open(f"/proc/{pid}/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def plan_second_worker(
+    cores: int, worker_bytes: int | None, free_bytes: int | None, threads: int
+) -> SecondWorker:
+    """`threads`: engine.torch_threads (0 = split the cores between the two workers)."""
+    if cores < 2:
+        return SecondWorker(0, f"{cores} core")
+    if worker_bytes is None or free_bytes is None:
+        return SecondWorker(0, "the memory free is not known")
+    if worker_bytes > MEMORY_SHARE * free_bytes:
+        taken, free = worker_bytes >> 20, free_bytes >> 20
+        return SecondWorker(0, f"a worker takes {taken} MiB, {free} MiB free: no room for a second copy")
+    return SecondWorker(threads or cores // 2, "")
