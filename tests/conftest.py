@@ -41,9 +41,16 @@ TEST_KEY = "sk-test-0123456789abcdef"
 MINILM = "all-MiniLM-L6-v2"
 
 
-def settings_with(**changes: object) -> Settings:
-    """The default settings (bundled MiniLM) with a known test key and `changes` applied."""
+def settings_with(*, auto_workers: bool = False, **changes: object) -> Settings:
+    """The default settings (bundled MiniLM) with a known test key and `changes` applied.
+
+    The model keeps one worker (`devices = 1`) unless `auto_workers`: the default config's
+    "auto" adds a second once the first is up on a CPU host, which tests that gate a
+    forward or count workers would each have to wait for and allow for."""
     base = load_settings(env={"GATEWAY_API_KEY": TEST_KEY, "XDG_STATE_HOME": os.environ["XDG_STATE_HOME"]})
+    if not auto_workers:
+        one_worker = [msgspec.structs.replace(m, devices=1) for m in base.models]
+        base = msgspec.structs.replace(base, models=one_worker)
     return msgspec.structs.replace(base, **changes)
 
 

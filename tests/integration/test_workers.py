@@ -93,6 +93,21 @@ def test_two_cpu_workers_both_serve_and_equal_one(
     assert all(w["batches"] for w in _interactive(gateway))
 
 
+def test_the_default_config_adds_a_second_cpu_worker_and_it_answers_the_same(minilm_gateway: Gateway) -> None:
+    # `devices = "auto"`, the default config's: the real MiniLM, one worker, then a second
+    # once the first is up (this host has two cores and the memory), one torch thread each.
+    with run_gateway(settings_with(auto_workers=True), key=TEST_KEY) as gateway:
+        assert _wait_for(lambda: len(_interactive(gateway)) == 2, 120)
+        assert _wait_for(lambda: all(w["serving"] for w in gateway.engine.workers(MINILM)), 120)
+        ready = httpx.get(f"{gateway.url}/ready").json()
+        assert ready["models"] == {MINILM: "ready"}
+        assert [w["lane"] for w in ready["workers"][MINILM]] == ["interactive", "interactive", "background"]
+        two = _embed_all(gateway, TEXTS * 2, concurrency=8)
+        assert all(w["batches"] for w in _interactive(gateway))
+    one = _embed_all(minilm_gateway, TEXTS, concurrency=1)
+    np.testing.assert_allclose(np.array(two), np.array(one * 2), atol=2e-6)
+
+
 def _interactive(gateway: Gateway) -> list[dict[str, object]]:
     return [w for w in gateway.engine.workers(MINILM) if w["lane"] == "interactive"]
 

@@ -192,6 +192,8 @@ class ModelPool:
         try:
             worker.start()
         except Exception as exc:
+            if self._stopped:  # stopped while it loaded (a shutdown signal reaches it too)
+                return
             logger.error(
                 "model %s: a second CPU worker failed to start (%s: %s); one serves",
                 self.entry.name,
