@@ -114,6 +114,7 @@ def serve(config: str) -> None:
 
     from app.config import load_settings
     from app.engine.engine import EmbeddingEngine
+    from app.framing import uvicorn_options
     from app.logs import configure_logging
     from app.server import create_app
 
@@ -124,7 +125,13 @@ def serve(config: str) -> None:
     settings = load_settings(config, os.environ)
     configure_logging(settings.server.log_level, settings.server.log_format)
     app = create_app(settings, engine=EmbeddingEngine(settings, Loader()))
-    uvicorn.run(app, host=settings.server.host, port=settings.server.port, access_log=False)
+    uvicorn.run(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        access_log=False,
+        **uvicorn_options(settings.server),  # type: ignore[arg-type]
+    )
 
 
 def main() -> None:
