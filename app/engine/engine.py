@@ -120,12 +120,13 @@ class EmbeddingEngine:
         return None
 
     def _load_all(self) -> None:
+        from app.engine.workers.host import usable_cores
         from app.models.registry import RegistryLoader
         from app.models.torch_runtime import configure_threads
 
         engine = self._settings.engine
         if engine.workers == "thread":
-            configure_threads(engine.torch_threads)
+            configure_threads(engine.torch_threads, usable_cores())
         loader = self._loader or RegistryLoader()
         token_ids = self._settings.api.token_ids
         if token_ids != "native":

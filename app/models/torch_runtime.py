@@ -37,9 +37,13 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     return _DTYPES[dtype]
 
 
-def configure_threads(threads: int) -> None:
+def configure_threads(threads: int, cores: int | None = None) -> None:
+    """`threads` torch threads; 0 keeps torch's default (one per physical core of the
+    machine), but no more than `cores`: a container's CPU quota, which torch does not see."""
     if threads > 0:
         torch.set_num_threads(threads)
+    elif cores is not None and torch.get_num_threads() > cores:
+        torch.set_num_threads(cores)
 
 
 class ThreadShare:

@@ -16,7 +16,7 @@ import time
 from multiprocessing.connection import Connection
 
 from app.config import ModelSettings
-from app.engine.workers import channel
+from app.engine.workers import channel, host
 from app.engine.workers.priority import lowest_cpu_priority
 from app.models.protocol import BackendLoader, BatchMemoryError
 
@@ -41,7 +41,7 @@ def worker_main(
     )
     from app.models.torch_runtime import ThreadShare, configure_threads
 
-    configure_threads(threads)
+    configure_threads(threads, host.usable_cores())
     share = ThreadShare()
     try:
         model = loader.load_model(entry)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
+from app.engine.workers import cgroup
+
 # The second copy may take at most this share of the memory free once the first is up.
 MEMORY_SHARE = 0.25
 
@@ -25,23 +27,31 @@ class SecondWorker(NamedTuple):
 
 
 def usable_cores() -> int:
-    """The cores this process may run on (its affinity, e.g. a container's cpuset)."""
+    """The cores this process may use: its affinity (a container's cpuset), within its
+    cgroup's CPU quota."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = cgroup.cpu_limit()
+    return min(cores, quota) if quota is not None else cores
 
 
 def available_memory() -> int | None:
-    """Bytes the kernel could give out now without swapping (MemAvailable), if known."""
+    """Bytes that can be taken now without swapping or the OOM killer: MemAvailable, within
+    what the cgroup's memory limit still leaves, if known."""
+    free = None
     try:
         with open("/proc/meminfo") as meminfo:
             for line in meminfo:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    free = int(line.split()[1]) * 1024
     except OSError:
         pass
-    return None
+    room = cgroup.memory_room()
+    if room is None:
+        return free
+    return room if free is None else min(free, room)
 
 
 def resident_bytes(pid: int) -> int | None:
