@@ -21,6 +21,7 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
+from app.engine.workers.host import usable_cores
 from tests.conftest import MINILM, TEST_KEY, settings_with
 from tests.fake_backend import FakeLoader
 from tests.integration.test_batch_api import read_lines, request_line, upload, wait_done
@@ -93,6 +94,7 @@ def test_two_cpu_workers_both_serve_and_equal_one(
     assert all(w["batches"] for w in _interactive(gateway))
 
 
+@pytest.mark.skipif(usable_cores() < 2, reason="a second CPU worker needs two usable cores")
 def test_the_default_config_adds_a_second_cpu_worker_and_it_answers_the_same(minilm_gateway: Gateway) -> None:
     # `devices = "auto"`, the default config's: the real MiniLM, one worker, then a second
     # once the first is up (this host has two cores and the memory), one torch thread each.
