@@ -46,6 +46,7 @@ def available_memory() -> int | None:
             for line in meminfo:
                 if line.startswith("MemAvailable:"):
                     free = int(line.split()[1]) * 1024
+                    break
     except OSError:
         pass
     room = cgroup.memory_room()

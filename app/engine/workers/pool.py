@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import msgspec
@@ -72,6 +72,13 @@ def worker_devices(entry: ModelSettings) -> list[str]:
     return [entry.device] * count
 
 
+def _keep_for_queries(last: Worker, others: list[Worker]) -> None:
+    """The last of two or more CPU workers is kept for queries while bulk work is paced,
+    while another of them serves."""
+    if isinstance(last, ProcessWorker) and others:
+        last.keep_for_queries = lambda: any(w.serving for w in others)
+
+
 class ModelPool:
     def __init__(
         self,
@@ -108,10 +115,7 @@ class ModelPool:
                 self.workers.append(
                     ProcessWorker(index, batcher, loader, placed, threads, warmup, self._changed)
                 )
-        last, others = self.workers[-1], self.workers[:-1]
-        if isinstance(last, ProcessWorker) and others:
-            # Kept for queries while bulk work is paced (CPU workers), while another serves.
-            last.keep_for_queries = lambda: any(w.serving for w in others)
+        _keep_for_queries(self.workers[-1], self.workers[:-1])
         self._auto_second = entry.devices == "auto" and kind == "process"
         if background_threads is not None and kind == "process":
             placed = msgspec.structs.replace(entry, device=devices[0])
@@ -184,52 +188,59 @@ class ModelPool:
         second = ProcessWorker(
             1, self.batcher, self._loader, placed, plan.threads, self._warmup, self._changed
         )
-        second.keep_for_queries = lambda: first.serving
+        _keep_for_queries(second, [first])
         first.threads_lent = lambda: max(0, first.threads - plan.threads) if second.serving else 0
-        threading.Thread(target=self._start_second, args=(second,), name="worker-1", daemon=True).start()
 
-    def _start_second(self, worker: ProcessWorker) -> None:
-        try:
-            worker.start()
-        except Exception as exc:
-            if self._stopped:  # stopped while it loaded (a shutdown signal reaches it too)
-                return
-            logger.error(
-                "model %s: a second CPU worker failed to start (%s: %s); one serves",
+        def failed(why: str) -> None:
+            message = "model %s: a second CPU worker failed to start (%s); one serves"
+            logger.error(message, self.entry.name, why)
+
+        def joined() -> None:
+            self.workers.append(second)
+            logger.info(
+                "model %s: a second CPU worker serves (torch threads per worker: %d; kept for queries)",
                 self.entry.name,
-                type(exc).__name__,
-                exc,
+                second.threads,
             )
-            return
-        with self._lock:
-            stopped = self._stopped  # the pool stopped while it was loading
-            if not stopped:
-                self.workers.append(worker)
-        if stopped:
-            worker.stop()
-            return
-        logger.info(
-            "model %s: a second CPU worker serves (torch threads per worker: %d; kept for queries)",
-            self.entry.name,
-            worker.threads,
-        )
+
+        self._start_late(second, "worker-1", failed, joined)
 
     def _launch_background(self) -> None:
         assert self.background is not None
         self.batcher.set_background_worker(True)
-        threading.Thread(target=self._start_background, name="background-worker-start", daemon=True).start()
 
-    def _start_background(self) -> None:
-        worker = self.background
-        assert worker is not None
-        try:
-            worker.start()
-        except Exception as exc:
-            if not self._stopped:
-                self._drop_background(f"the background worker failed to start: {type(exc).__name__}: {exc}")
-            return
-        if self._stopped:  # the pool stopped while it was loading
-            worker.stop()
+        def failed(why: str) -> None:
+            self._drop_background(f"the background worker failed to start: {why}")
+
+        self._start_late(self.background, "background-worker-start", failed)
+
+    def _start_late(
+        self,
+        worker: ProcessWorker,
+        name: str,
+        failed: Callable[[str], None],
+        joined: Callable[[], None] = lambda: None,
+    ) -> None:
+        """Start `worker` on a thread of its own while the model already serves: `joined()`
+        once it is up (under the pool's lock, so a stop meanwhile is seen), `failed(why)` if
+        it cannot start, unless the pool stopped meanwhile (a shutdown signal reaches a
+        loading worker too)."""
+
+        def start() -> None:
+            try:
+                worker.start()
+            except Exception as exc:
+                if not self._stopped:
+                    failed(f"{type(exc).__name__}: {exc}")
+                return
+            with self._lock:
+                stopped = self._stopped
+                if not stopped:
+                    joined()
+            if stopped:
+                worker.stop()
+
+        threading.Thread(target=start, name=name, daemon=True).start()
 
     def _drop_background(self, reason: str) -> None:
         """Serve the background lane from the model's workers from now on."""
