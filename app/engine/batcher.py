@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -164,11 +164,26 @@ class Batch:
         return Batch.of(first), Batch.of(second)
 
 
-# may_take(lane, queued inputs, queued tokens): whether a worker wants a batch from that lane now.
-MayTake = Callable[[Priority, int, int], bool]
+class Backlog(NamedTuple):
+    """What one lane holds, for a worker deciding whether to take a batch from it now."""
+
+    inputs: int
+    tokens: int
+    # Requests with inputs queued, against how many the lane's last batch served: once the
+    # one reaches the other, the clients that batch answered are all back.
+    requests: int
+    last_batch_requests: int
+
+    @property
+    def all_back(self) -> bool:
+        return self.requests >= self.last_batch_requests
 
 
-def always(priority: Priority, queued: int, tokens: int) -> bool:
+# may_take(lane, its backlog): whether a worker wants a batch from that lane now.
+MayTake = Callable[[Priority, Backlog], bool]
+
+
+def always(priority: Priority, backlog: Backlog) -> bool:
     return True
 
 
@@ -335,7 +350,8 @@ class Batcher:
         for priority in order:
             lane = self._lanes[priority]
             if lane.items:
-                return priority if may_take(priority, len(lane.items), lane.tokens) else None
+                backlog = Backlog(len(lane.items), lane.tokens, len(lane.jobs), lane.expected_jobs)
+                return priority if may_take(priority, backlog) else None
         return None
 
     def take(

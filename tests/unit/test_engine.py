@@ -5,6 +5,7 @@ batcher's wait for company, and the death of a model thread or worker process.""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 
 from app.config import EngineSettings, ModelSettings
 from app.engine.engine import EmbeddingEngine
+from app.engine.workers import host, process
 from app.errors import InternalServerError, InvalidRequestError, OverloadedError
 from tests.fake_backend import Controls, WordTokenizer, start_engine
 
@@ -235,3 +237,144 @@ def test_small_requests_tokenize_on_the_loop_never_beside_the_tokenizer_thread(
 
     run(scenario())
     assert guarded.overlaps == 0
+
+
+async def _until(check: object, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.005)
+
+
+def _timed_engine(
+    tmp: Path, forward: float, device: str, devices: int = 1
+) -> tuple[EmbeddingEngine, Controls]:
+    """Process workers whose forwards take `forward` seconds, on a (fake) `device`."""
+    return start_engine(
+        tmp,
+        EngineSettings(workers="process", max_batch_wait_ms=0),
+        ModelSettings(name=MODEL, base_model="fake", max_length=32, device=device, devices=devices),
+        dimensions=DIMS,
+        forward_seconds=(forward, 0.0),
+    )
+
+
+def test_a_worker_is_handed_its_next_batch_once_the_clients_are_back(tmp_path: Path) -> None:
+    """Lock-step clients, a worker on an accelerator: once as many requests are queued as the
+    batch in the worker serves, they go into its pipe while it runs, so it starts them the
+    moment it is done, not after its reply has crossed the gateway. While fewer are back,
+    the rest may still join them."""
+    forward = 0.6
+    engine, controls = _timed_engine(tmp_path, forward, "cuda:0")
+
+    def in_flight() -> object:
+        return engine.workers(MODEL)[0]["in_flight"]
+
+    async def scenario() -> None:
+        first = asyncio.ensure_future(engine.embed(MODEL, "first"))
+        await _until(lambda: in_flight() == 1)
+        # One request back, as many as the batch in the worker serves: into the pipe now.
+        second = asyncio.ensure_future(engine.embed(MODEL, "second"))
+        await _until(lambda: in_flight() == 2, forward / 2)
+        pair = [asyncio.ensure_future(engine.embed(MODEL, f"pair {i}")) for i in range(2)]
+        await asyncio.sleep(0.05)
+        assert in_flight() == 2  # PIPELINE: no third batch
+        await first
+        # Two back for the one that "second" serves: piped behind it.
+        await _until(lambda: in_flight() == 2, forward / 2)
+        last = asyncio.ensure_future(engine.embed(MODEL, "last"))
+        await second
+        # "pair" now runs and served two requests; one is back: it waits in the gateway,
+        # where a request arriving now could still join it.
+        await asyncio.sleep(forward / 3)
+        assert not any(p.done() for p in pair)
+        assert in_flight() == 1
+        await asyncio.gather(*pair, last)
+
+    pid = engine.workers(MODEL)[0]["pid"]
+    try:
+        run(scenario())
+    finally:
+        engine.stop()
+    # (The Batch API's background worker warms up on the same controls meanwhile.)
+    rows = [len(b["rows"]) for b in controls.batches() if b["pid"] == pid]  # type: ignore[arg-type]
+    assert rows == [1, 1, 2, 1]
+
+
+def test_a_cpu_worker_sharing_the_gateways_cores_gets_its_next_batch_when_done(tmp_path: Path) -> None:
+    """Its forward would compete with the gateway settling the last one's requests."""
+    forward = 0.6
+    engine, controls = _timed_engine(tmp_path, forward, "cpu")
+    pid = engine.workers(MODEL)[0]["pid"]
+
+    async def scenario() -> None:
+        first = asyncio.ensure_future(engine.embed(MODEL, "first"))
+        await _until(lambda: engine.workers(MODEL)[0]["in_flight"] == 1)
+        second = asyncio.ensure_future(engine.embed(MODEL, "second"))
+        await asyncio.sleep(forward / 3)
+        assert not first.done()
+        assert engine.workers(MODEL)[0]["in_flight"] == 1
+        await asyncio.gather(first, second)
+
+    try:
+        run(scenario())
+    finally:
+        engine.stop()
+    assert [len(b["rows"]) for b in controls.batches() if b["pid"] == pid] == [1, 1]  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning apart needs two cores")
+def test_a_cpu_worker_pinned_to_cores_of_its_own_gets_its_next_batch_early(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(process, "APART_RECHECK_SECONDS", 0.0)
+    forward = 0.6
+    engine, _ = _timed_engine(tmp_path, forward, "cpu")
+    cores = sorted(os.sched_getaffinity(0))
+    worker = engine.workers(MODEL)[0]["pid"]
+    assert isinstance(worker, int)
+    before = os.sched_getaffinity(os.getpid())  # this process's main thread: the gateway's
+
+    def in_flight() -> object:
+        return engine.workers(MODEL)[0]["in_flight"]
+
+    async def scenario() -> None:
+        first = asyncio.ensure_future(engine.embed(MODEL, "first"))
+        await _until(lambda: in_flight() == 1)
+        second = asyncio.ensure_future(engine.embed(MODEL, "second"))
+        await _until(lambda: in_flight() == 2, forward / 2)
+        assert not first.done()
+        await asyncio.gather(first, second)
+
+    try:
+        assert not host.forwards_apart("cpu", worker)
+        os.sched_setaffinity(worker, cores[-1:])
+        os.sched_setaffinity(os.getpid(), cores[:-1])
+        assert host.forwards_apart("cpu", worker)
+        run(scenario())
+    finally:
+        os.sched_setaffinity(os.getpid(), before)
+        engine.stop()
+
+
+def test_a_batch_goes_to_an_idle_worker_never_into_a_busy_ones_pipe(tmp_path: Path) -> None:
+    engine, controls = _timed_engine(tmp_path, 0.4, "cuda", devices=2)
+
+    def flights() -> list[object]:
+        return sorted(w["in_flight"] for w in engine.workers(MODEL) if w["lane"] == "interactive")  # type: ignore[type-var]
+
+    async def scenario() -> None:
+        for round_ in range(4):
+            first = asyncio.ensure_future(engine.embed(MODEL, f"first {round_}"))
+            await _until(lambda: flights() == [0, 1])
+            second = asyncio.ensure_future(engine.embed(MODEL, f"second {round_}"))
+            await _until(lambda: sum(flights()) == 2)  # type: ignore[arg-type]
+            assert flights() == [1, 1]
+            await asyncio.gather(first, second)
+
+    pids = {w["pid"] for w in engine.workers(MODEL) if w["lane"] == "interactive"}
+    try:
+        run(scenario())
+    finally:
+        engine.stop()
+    assert {b["pid"] for b in controls.batches() if b["pid"] in pids} == pids

@@ -1,4 +1,5 @@
-"""What `devices = "auto"` asks of the host: whether a CPU model gets a second worker.
+"""What the model workers ask of the host: whether a CPU model gets a second worker
+(`devices = "auto"`), and whether a worker's forwards leave the gateway's CPU alone.
 
 On a CPU, one worker on every core runs a lone query fastest, but a query that arrives
 while it runs a document's forward waits for it to end (on 2 cores, 50 to 65 ms for one
@@ -76,3 +77,16 @@ def plan_second_worker(
         taken, free = worker_bytes >> 20, free_bytes >> 20
         return SecondWorker(0, f"a worker takes {taken} MiB, {free} MiB free: no room for a second copy")
     return SecondWorker(threads or cores // 2, "")
+
+
+def forwards_apart(device: str, pid: int | None) -> bool:
+    """Whether a worker's forwards leave the gateway's CPU to it: they run on an accelerator,
+    or on CPU cores the gateway may not run on (the worker pinned apart)."""
+    if device != "cpu":
+        return True
+    if pid is None:
+        return False
+    try:
+        return not os.sched_getaffinity(pid) & os.sched_getaffinity(os.getpid())
+    except (AttributeError, OSError):
+        return False

@@ -72,6 +72,14 @@ def worker_devices(entry: ModelSettings) -> list[str]:
     return [entry.device] * count
 
 
+def _share_queue(worker: Worker, workers: list[Worker]) -> None:
+    """`worker` pipelines a batch only while none of `workers` (the model's interactive
+    workers, a list that may grow) is idle. Asked under the batcher's lock, under which
+    every worker's batches in flight change."""
+    if isinstance(worker, ProcessWorker):
+        worker.sibling_idle = lambda: any(w is not worker and w.serving and not w.in_flight for w in workers)
+
+
 def _keep_for_queries(last: Worker, others: list[Worker]) -> None:
     """The last of two or more CPU workers is kept for queries while bulk work is paced,
     while another of them serves."""
@@ -116,6 +124,8 @@ class ModelPool:
                     ProcessWorker(index, batcher, loader, placed, threads, warmup, self._changed)
                 )
         _keep_for_queries(self.workers[-1], self.workers[:-1])
+        for worker in self.workers:
+            _share_queue(worker, self.workers)
         self._auto_second = entry.devices == "auto" and kind == "process"
         if background_threads is not None and kind == "process":
             placed = msgspec.structs.replace(entry, device=devices[0])
@@ -189,6 +199,7 @@ class ModelPool:
             1, self.batcher, self._loader, placed, plan.threads, self._warmup, self._changed
         )
         _keep_for_queries(second, [first])
+        _share_queue(second, self.workers)
         first.threads_lent = lambda: max(0, first.threads - plan.threads) if second.serving else 0
 
         def failed(why: str) -> None:

@@ -3,10 +3,15 @@ the gateway feeds it batches and settles the requests with what comes back.
 
 Three threads per worker, none of which computes anything heavy:
 - the feeder takes the next batch from the model's queue and writes it to the worker's
-  pipe. It keeps up to PIPELINE batches in flight, but sends a second one only when the
-  queue holds a full batch: planned early from a thin queue it would be small, and the
-  worker pays a fixed cost per forward. So the worker goes from one full batch straight
-  to the next, while lock-step clients still get batches as full as they can be;
+  pipe. It keeps up to PIPELINE batches in flight, so that the worker goes from one batch
+  straight to the next, never idle while requests wait for the gateway to notice its
+  reply. It sends a second batch only when the queue holds a full batch, or, where the
+  worker's forwards leave the gateway's CPU alone (an accelerator, or cores of its own),
+  as many requests as the last batch served (with clients in lock-step, the rest are
+  waiting for the batch in flight). Planned early from a thin queue a batch would be
+  small, and the worker pays a fixed cost per forward; and a CPU worker sharing the
+  gateway's cores runs its next forward faster once the gateway has settled the last
+  (bench/README.md). Never while another worker of the model is idle;
 - the sender writes what the supervisor must send (halves of a batch that ran out of
   memory, the stop message), so that the thread reading replies never blocks on a full
   pipe while the worker blocks writing a reply;
@@ -30,13 +35,14 @@ import queue
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
 from app.config import ModelSettings
-from app.engine.batcher import Batch, Batcher, Priority, not_serving, padded_tokens
-from app.engine.workers import channel
+from app.engine.batcher import Backlog, Batch, Batcher, Priority, not_serving, padded_tokens
+from app.engine.workers import channel, host
 from app.engine.workers.child import worker_main
 from app.errors import InternalServerError
 from app.models.protocol import BackendLoader, TokenizedText
@@ -49,6 +55,7 @@ FIRST_BACKOFF, MAX_BACKOFF = 0.5, 30.0
 # A worker that cannot even load this many times in a row is given up.
 MAX_FAILED_LOADS = 5
 _PIPE_BYTES = 1 << 20
+APART_RECHECK_SECONDS = 2.0
 
 
 class WorkerLoadError(Exception):
@@ -141,6 +148,10 @@ class ProcessWorker:
         # Torch threads this worker leaves to a sibling now (the pool sets it where a second
         # CPU worker shares its cores: `devices = "auto"`).
         self.threads_lent: Callable[[], int] = lambda: 0
+        # Whether another worker of the model is idle now (the pool sets it where there are
+        # several): a batch then goes to that one, never into this one's pipe to wait.
+        self.sibling_idle: Callable[[], bool] = lambda: False
+        self._apart = (-APART_RECHECK_SECONDS, False)  # (checked at, host.forwards_apart)
         self.threads = 0  # the worker's own torch threads, as it reported them
         self.dimensions = 0
         self.device = ""
@@ -250,7 +261,7 @@ class ProcessWorker:
 
     # -- feeding -----------------------------------------------------------------------------
 
-    def _may_take(self, priority: Priority, queued: int, tokens: int) -> bool:
+    def _may_take(self, priority: Priority, backlog: Backlog) -> bool:
         # While bulk work is paced for queries, a reserved worker waits for a query and runs
         # queries only (_queries_only), so a query never waits for a document's forward
         # while the other workers run bulk rows.
@@ -270,8 +281,20 @@ class ProcessWorker:
         # queued behind it too.
         if not self._background and self._batcher.paced:
             return False
-        full = queued >= self._batcher.max_batch_size or tokens >= self._batcher.max_batch_tokens
-        return flying < PIPELINE and full
+        full = (
+            backlog.inputs >= self._batcher.max_batch_size or backlog.tokens >= self._batcher.max_batch_tokens
+        )
+        early = backlog.all_back and self._forwards_apart()
+        return flying < PIPELINE and (full or early) and not self.sibling_idle()
+
+    def _forwards_apart(self) -> bool:
+        """host.forwards_apart, checked again every few seconds (a worker may be pinned later)."""
+        checked, apart = self._apart
+        now = time.monotonic()
+        if now - checked > APART_RECHECK_SECONDS:
+            apart = host.forwards_apart(self.device, self.pid)
+            self._apart = (now, apart)
+        return apart
 
     def _queries_only(self) -> bool:
         """Whether this worker is kept for queries now (the caller holds the lock)."""
