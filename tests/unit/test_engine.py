@@ -246,6 +246,10 @@ async def _until(check: object, seconds: float = 10) -> None:
         await asyncio.sleep(0.005)
 
 
+def _in_flight(engine: EmbeddingEngine) -> object:
+    return engine.workers(MODEL)[0]["in_flight"]
+
+
 def _timed_engine(
     tmp: Path, forward: float, device: str, devices: int = 1
 ) -> tuple[EmbeddingEngine, Controls]:
@@ -268,7 +272,7 @@ def test_a_worker_is_handed_its_next_batch_once_the_clients_are_back(tmp_path: P
     engine, controls = _timed_engine(tmp_path, forward, "cuda:0")
 
     def in_flight() -> object:
-        return engine.workers(MODEL)[0]["in_flight"]
+        return _in_flight(engine)
 
     async def scenario() -> None:
         first = asyncio.ensure_future(engine.embed(MODEL, "first"))
@@ -301,23 +305,28 @@ def test_a_worker_is_handed_its_next_batch_once_the_clients_are_back(tmp_path: P
     assert rows == [1, 1, 2, 1]
 
 
+async def _second_while_first_runs(engine: EmbeddingEngine, forward: float, piped: bool) -> None:
+    """A request arrives while a one-request batch runs: it goes into the worker's pipe at
+    once (`piped`), or waits in the gateway until the worker is done."""
+    first = asyncio.ensure_future(engine.embed(MODEL, "first"))
+    await _until(lambda: _in_flight(engine) == 1)
+    second = asyncio.ensure_future(engine.embed(MODEL, "second"))
+    if piped:
+        await _until(lambda: _in_flight(engine) == 2, forward / 2)
+    else:
+        await asyncio.sleep(forward / 3)
+        assert _in_flight(engine) == 1
+    assert not first.done()
+    await asyncio.gather(first, second)
+
+
 def test_a_cpu_worker_sharing_the_gateways_cores_gets_its_next_batch_when_done(tmp_path: Path) -> None:
     """Its forward would compete with the gateway settling the last one's requests."""
     forward = 0.6
     engine, controls = _timed_engine(tmp_path, forward, "cpu")
     pid = engine.workers(MODEL)[0]["pid"]
-
-    async def scenario() -> None:
-        first = asyncio.ensure_future(engine.embed(MODEL, "first"))
-        await _until(lambda: engine.workers(MODEL)[0]["in_flight"] == 1)
-        second = asyncio.ensure_future(engine.embed(MODEL, "second"))
-        await asyncio.sleep(forward / 3)
-        assert not first.done()
-        assert engine.workers(MODEL)[0]["in_flight"] == 1
-        await asyncio.gather(first, second)
-
     try:
-        run(scenario())
+        run(_second_while_first_runs(engine, forward, piped=False))
     finally:
         engine.stop()
     assert [len(b["rows"]) for b in controls.batches() if b["pid"] == pid] == [1, 1]  # type: ignore[arg-type]
@@ -334,24 +343,12 @@ def test_a_cpu_worker_pinned_to_cores_of_its_own_gets_its_next_batch_early(
     worker = engine.workers(MODEL)[0]["pid"]
     assert isinstance(worker, int)
     before = os.sched_getaffinity(os.getpid())  # this process's main thread: the gateway's
-
-    def in_flight() -> object:
-        return engine.workers(MODEL)[0]["in_flight"]
-
-    async def scenario() -> None:
-        first = asyncio.ensure_future(engine.embed(MODEL, "first"))
-        await _until(lambda: in_flight() == 1)
-        second = asyncio.ensure_future(engine.embed(MODEL, "second"))
-        await _until(lambda: in_flight() == 2, forward / 2)
-        assert not first.done()
-        await asyncio.gather(first, second)
-
     try:
         assert not host.forwards_apart("cpu", worker)
         os.sched_setaffinity(worker, cores[-1:])
         os.sched_setaffinity(os.getpid(), cores[:-1])
         assert host.forwards_apart("cpu", worker)
-        run(scenario())
+        run(_second_while_first_runs(engine, forward, piped=True))
     finally:
         os.sched_setaffinity(os.getpid(), before)
         engine.stop()
