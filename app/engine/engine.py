@@ -239,8 +239,9 @@ class EmbeddingEngine:
 
     def worker_lanes(self) -> dict[str, list[dict[str, object]]]:
         """Per loaded model, each worker's lane, device and whether it serves (for /ready)."""
+        shown = ("lane", "device", "serving")
         return {
-            name: [{"lane": w.lane, "device": w.device, "serving": w.serving} for w in slot.pool.all_workers]
+            name: [{key: worker[key] for key in shown} for worker in self.workers(name)]
             for name, slot in self._slots.items()
             if slot.pool is not None
         }
