@@ -290,3 +290,17 @@ def start_engine(
     controls = loader.controls(model.name)
     controls.forget_batches()
     return built, controls
+
+
+def wait_for_workers(
+    engine: EmbeddingEngine, model: str, count: int, timeout: float = 60
+) -> list[dict[str, object]]:
+    """The model's interactive workers, once there are `count` and all serve (a second CPU
+    worker of `devices = "auto"` joins after the first is up)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        workers = [w for w in engine.workers(model) if w["lane"] == "interactive"]
+        if len(workers) == count and all(w["serving"] for w in workers):
+            return workers
+        time.sleep(0.05)
+    raise AssertionError(engine.workers(model))

@@ -17,7 +17,7 @@ from app.config import BatchSettings, EngineSettings, ModelSettings, load_settin
 from app.engine.engine import EmbeddingEngine
 from app.engine.workers import host
 from app.engine.workers.host import plan_second_worker
-from tests.fake_backend import start_engine
+from tests.fake_backend import start_engine, wait_for_workers
 
 MODEL = "fake"
 GIB = 1 << 30
@@ -60,16 +60,6 @@ def _interactive(engine: EmbeddingEngine) -> list[dict[str, object]]:
     return [w for w in engine.workers(MODEL) if w["lane"] == "interactive"]
 
 
-def _wait_for_workers(engine: EmbeddingEngine, count: int, timeout: float = 60) -> list[dict[str, object]]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        workers = _interactive(engine)
-        if len(workers) == count and all(w["serving"] for w in workers):
-            return workers
-        time.sleep(0.05)
-    raise AssertionError(engine.workers(MODEL))
-
-
 def _bulk(engine: EmbeddingEngine, tag: str) -> None:
     async def run() -> None:
         await asyncio.gather(
@@ -92,7 +82,7 @@ def test_on_a_cpu_host_a_second_worker_joins_and_the_two_split_the_cores(tmp_pat
         forward_seconds=(0.003, 0.0),
     )
     try:
-        first, second = _wait_for_workers(engine, 2)
+        first, second = wait_for_workers(engine, MODEL, 2)
         assert first["device"] == second["device"] == "cpu"
         assert engine.status()[MODEL] == "ready"
         controls.forget_batches()

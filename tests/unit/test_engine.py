@@ -23,12 +23,22 @@ MODEL = "fake"
 DIMS = 8
 
 
-def make_engine(tmp: Path, workers: str = "thread", **engine: object) -> tuple[EmbeddingEngine, Controls]:
+def make_engine(
+    tmp: Path,
+    workers: str = "thread",
+    *,
+    device: str = "cpu",
+    devices: int = 1,
+    forward: float = 0.0,
+    **engine: object,
+) -> tuple[EmbeddingEngine, Controls]:
+    """`forward`: seconds each forward takes; `device`: the (fake) device it runs on."""
     return start_engine(
         tmp,
         EngineSettings(workers=workers, **engine),  # type: ignore[arg-type]
-        ModelSettings(name=MODEL, base_model="fake", max_length=32, device="cpu"),
+        ModelSettings(name=MODEL, base_model="fake", max_length=32, device=device, devices=devices),
         dimensions=DIMS,
+        forward_seconds=(forward, 0.0),
     )
 
 
@@ -253,14 +263,8 @@ def _in_flight(engine: EmbeddingEngine) -> object:
 def _timed_engine(
     tmp: Path, forward: float, device: str, devices: int = 1
 ) -> tuple[EmbeddingEngine, Controls]:
-    """Process workers whose forwards take `forward` seconds, on a (fake) `device`."""
-    return start_engine(
-        tmp,
-        EngineSettings(workers="process", max_batch_wait_ms=0),
-        ModelSettings(name=MODEL, base_model="fake", max_length=32, device=device, devices=devices),
-        dimensions=DIMS,
-        forward_seconds=(forward, 0.0),
-    )
+    """Process workers whose forwards take `forward` seconds, with no wait for company."""
+    return make_engine(tmp, "process", device=device, devices=devices, forward=forward, max_batch_wait_ms=0)
 
 
 def test_a_worker_is_handed_its_next_batch_once_the_clients_are_back(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -15,7 +14,7 @@ import pytest
 
 from app.config import EngineSettings, ModelSettings
 from app.engine.engine import EmbeddingEngine
-from tests.fake_backend import Controls, FakeLoader, start_engine
+from tests.fake_backend import Controls, FakeLoader, start_engine, wait_for_workers
 
 MODEL = "fake"
 WIDTH = 32  # max_length: a text of WIDTH words or more is WIDTH tokens
@@ -186,9 +185,7 @@ def test_with_two_cpu_workers_one_is_kept_for_queries_while_bulk_is_paced(
     )
     # "auto": the second worker joins once the first is up (this host has the cores and
     # memory for it; tests/unit/test_auto_workers.py).
-    deadline = time.monotonic() + 60
-    while sum(w["serving"] is True for w in engine.workers(MODEL)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for_workers(engine, MODEL, 2)
 
     async def bulk_alone() -> None:
         await asyncio.gather(
