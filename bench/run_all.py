@@ -46,6 +46,8 @@ class Setup:
 
     server_core: str | None = "0"
     client_core: str | None = "1"
+    # The stand-in's worker process; None: the client's core, the client then sharing the server's.
+    worker_core: str | None = None
     torch_threads: int = 1
     batch_size: int = 32
     batch_tokens: int = 16384
@@ -333,6 +335,7 @@ def bench_standin(setup: Setup) -> dict[str, Any]:
     limit = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"   {json.dumps(limit)}", flush=True)
     result: dict[str, Any] = {"limit": limit, "client": setup.client}
+    result["cores"] = {"gateway": setup.server_core, "client": setup.client_core, "worker": setup.worker_core}
     for workers in ("thread", "process"):
         print(f"== standin: gateway, {workers} workers", flush=True)
         port = _free_port()
@@ -350,7 +353,12 @@ def bench_standin(setup: Setup) -> dict[str, Any]:
         )
         url = f"http://127.0.0.1:{port}"
         argv = _pinned(setup.server_core, "-m", "bench.standin", "serve", "--config", str(config))
-        if workers == "process" and setup.server_core is not None and setup.client_core is not None:
+        if workers == "process" and setup.worker_core is not None:
+            # Three cores (--cores): gateway, load generator and worker each on its own.
+            result[workers] = _serve(
+                argv, f"{url}/ready", url, STANDIN, setup, STANDIN_SCENARIOS, worker_core=setup.worker_core
+            )
+        elif workers == "process" and setup.server_core is not None and setup.client_core is not None:
             # Two cores, three processes: the worker gets a core of its own, as the in-process
             # limit had, and the load generator shares the gateway's. (The thread gateway runs
             # the model in its own process: it keeps the server core, the load generator the other.)
@@ -366,6 +374,21 @@ def bench_standin(setup: Setup) -> dict[str, Any]:
 STANDIN_HEADING = "## Stand-in for a GPU-sized model (bench/standin.py)"
 
 
+def _standin_placement(result: dict[str, Any]) -> str:
+    cores = result.get("cores") or {"gateway": "0", "client": "1", "worker": None}
+    gateway, client, worker = cores["gateway"], cores["client"], cores["worker"]
+    if worker is None:
+        return (
+            f"Pinning: `thread`: gateway on core {gateway}, load generator on core {client}; `process`: "
+            f"the worker process on core {client} alone (as the in-process limit had a core alone), the "
+            f"gateway and the load generator on core {gateway}."
+        )
+    return (
+        f"Pinning (`--cores`): gateway on core {gateway}, load generator on core {client}, and the "
+        f"`process` gateway's worker on core {worker}: each on a core of its own."
+    )
+
+
 def render_standin(result: dict[str, Any]) -> list[str]:
     limit = result["limit"]["batched_12w"]["inputs_per_s"]
     single = result["limit"]["single_12w_ms_p50"]
@@ -374,10 +397,7 @@ def render_standin(result: dict[str, Any]) -> list[str]:
         "",
         "Each forward holds the GIL for 18 ms + 0.75 ms per row in pure Python and sleeps 1 ms; "
         "4096-dimension vectors. `thread`: the model in a thread of the gateway process (as before "
-        "model workers); `process`: in a worker process (the default). Pinning: `thread` as above "
-        "(gateway on core 0, load generator on core 1); `process`: the worker process on core 1 "
-        "alone (as the in-process limit had a core alone), the gateway and the load generator on "
-        "core 0.",
+        f"model workers); `process`: in a worker process (the default). {_standin_placement(result)}",
         "",
         f"In-process limit: {limit:.1f} inputs/s (batches of 32); single forward {single:.2f} ms p50. "
         f"Load generator: bench/loadgen.py with its {result.get('client', 'aiohttp')} HTTP client "
@@ -402,28 +422,30 @@ def render_standin(result: dict[str, Any]) -> list[str]:
     latency, small, full = (runs[s.name] for s in STANDIN_SCENARIOS)
     thread_full = result["thread"]["runs"].get(STANDIN_SCENARIOS[2].name, {})
     # A forward costs about fixed + per_row x rows (from the single and the 32-row figures).
-    # 32 clients that each wait for their answer can fill 32-row batches only if the server
-    # waits, after each batch, for all 32 answers to go out and 32 new requests to come in
-    # and be tokenized (one batch per f(32) + that round trip: the limit needs it to be
-    # ~0). Otherwise a client whose answer just left misses the next forward, and two
-    # consecutive forwards hold at most 32 rows: 32 rows per (2 x fixed + 32 x per_row).
+    # 32 clients that each wait for their answer are served one of two ways. Full 32-row
+    # batches: after each, the worker idles while 32 answers go out and 32 new requests come
+    # in and are tokenized (r per request): 32 per f(32) + 32 r. Or two groups whose batches
+    # alternate, each running while the other's clients come back: 32 rows per
+    # 2 x fixed + 32 x per_row, whatever r is. Full batches win only while 32 r < fixed.
     batch_ms = 32 / limit * 1000
     per_row = (batch_ms - single) / 31
     fixed = single - per_row
     cycle = 2 * fixed + 32 * per_row
-    bound = 32 / cycle * 1000
+    alternating = 32 / cycle * 1000
     round_trip = (32 / (0.9 * limit) * 1000 - batch_ms) / 32
     lines += [
         "",
-        f"Closed-loop bound for 32 clients: a forward costs about {fixed:.1f} ms + {per_row:.2f} ms "
-        f"per row. 32 clients that each wait for their answer reach 0.9 x the limit only if the "
-        f"server runs 32-row batches with under {round_trip:.2f} ms per request for the answer to "
-        f"go out and the next request to arrive and be tokenized (the HTTP client alone costs "
-        f"more); otherwise the best schedule is two alternating batches, 32 rows per "
-        f"{cycle:.1f} ms = {bound:.1f} inputs/s, {bound / limit:.2f} x the limit. Process workers reach "
-        f"{small['inputs_per_s'] / bound:.2f} of that bound. With 64 clients two 32-row batches can "
-        f"both be full, so the worker can run at its limit only if the gateway keeps up: "
-        f"process workers {full['inputs_per_s'] / limit:.2f} x, thread workers "
+        f"Closed-loop schedules for 32 clients: a forward costs about {fixed:.1f} ms + {per_row:.2f} ms "
+        f"per row. 32 clients that each wait for their answer either fill 32-row batches, the "
+        f"worker idling after each while the answers go out and 32 new requests arrive and are "
+        f"tokenized (r per request), or split into two groups whose batches alternate, 32 rows per "
+        f"{cycle:.1f} ms = {alternating:.1f} inputs/s, {alternating / limit:.2f} x the limit. Full "
+        f"batches reach 0.9 x the limit only with r under {round_trip:.2f} ms (the HTTP client "
+        f"alone costs more), and beat alternating only with r under {fixed / 32:.2f} ms and a "
+        f"batch wait of 32 r for company (max_batch_wait_ms is 5). Process workers reach "
+        f"{small['inputs_per_s'] / alternating:.2f} of the alternating schedule. With 64 clients two "
+        f"32-row batches can both be full, so the worker can run at its limit only if the gateway "
+        f"keeps up: process workers {full['inputs_per_s'] / limit:.2f} x, thread workers "
         f"{thread_full.get('inputs_per_s', 0.0) / limit:.2f} x.",
         "",
         "| target (process workers) | measured | verdict |",
@@ -599,6 +621,10 @@ def main() -> None:
     parser.add_argument(
         "--client", choices=["aiohttp", "raw"], default="aiohttp", help="the load generator's HTTP client"
     )
+    parser.add_argument(
+        "--cores",
+        help="GATEWAY,CLIENT[,WORKER]: cores of the server, the load generator and the stand-in's worker",
+    )
     parser.add_argument("--out", default=str(ROOT / "bench" / "RESULTS.md"))
     parser.add_argument("--work", default=str(ROOT / "bench" / "out"), help="where models and raw results go")
     args = parser.parse_args()
@@ -608,6 +634,11 @@ def main() -> None:
     if args.batch_wait_ms is not None:
         setup = dataclasses.replace(setup, batch_wait_ms=args.batch_wait_ms)
     setup = dataclasses.replace(setup, client=args.client)
+    if args.cores:
+        server, client, *worker = args.cores.split(",")
+        setup = dataclasses.replace(
+            setup, server_core=server, client_core=client, worker_core=worker[0] if worker else None
+        )
     work = Path(args.work)
     builders = {
         "minilm": lambda: MINILM,

@@ -10,6 +10,8 @@ held), then 1 ms in time.sleep (GIL released, as while the GPU finishes), and re
 
     python -m bench.standin limit                       # its in-process batched limit
     python -m bench.standin serve --config bench.toml   # the gateway serving it
+
+Both take `--fixed-ms` and `--row-ms` for another model's costs (18 and 0.75 by default).
 """
 
 from __future__ import annotations
@@ -55,12 +57,13 @@ class StandinTokenizer:
 
 
 class StandinModel:
-    def __init__(self, entry: ModelSettings) -> None:
+    def __init__(self, entry: ModelSettings, fixed: float = FIXED_SECONDS, row: float = ROW_SECONDS) -> None:
         self.dimensions = DIMENSIONS
         self.device = entry.device
+        self.fixed, self.row = fixed, row
 
     def embed(self, batch: Sequence[TokenizedText]) -> npt.NDArray[np.float32]:
-        deadline = time.perf_counter() + FIXED_SECONDS + ROW_SECONDS * len(batch)
+        deadline = time.perf_counter() + self.fixed + self.row * len(batch)
         spins = 0
         while time.perf_counter() < deadline:  # Python holding the GIL, as kernel launches do
             spins += 1
@@ -76,19 +79,22 @@ class StandinModel:
 class StandinLoader:
     """The engine's loader for the stand-in (picklable, for worker processes)."""
 
+    fixed_seconds: float = FIXED_SECONDS
+    row_seconds: float = ROW_SECONDS
+
     def load_tokenizer(self, entry: ModelSettings) -> StandinTokenizer:
         return StandinTokenizer(entry)
 
     def load_model(self, entry: ModelSettings) -> StandinModel:
-        return StandinModel(entry)
+        return StandinModel(entry, self.fixed_seconds, self.row_seconds)
 
 
-def limit(seconds: float, batch_size: int) -> dict[str, object]:
+def limit(seconds: float, batch_size: int, loader: StandinLoader) -> dict[str, object]:
     """Full batches of 12-word texts back to back, and one text at a time, tokenizer included."""
     from bench.workload import texts
 
     entry = ModelSettings(name=NAME, base_model=NAME, device="cpu")
-    tokenizer, model = StandinTokenizer(entry), StandinModel(entry)
+    tokenizer, model = loader.load_tokenizer(entry), loader.load_model(entry)
     sample = tokenizer.tokenize(texts(batch_size * 4, 12, seed=12), "")
     batches = [sample[i : i + batch_size] for i in range(0, len(sample), batch_size)]
     done = 0
@@ -108,7 +114,7 @@ def limit(seconds: float, batch_size: int) -> dict[str, object]:
     return {"batched_12w": {"inputs_per_s": rate}, "single_12w_ms_p50": statistics.median(times) * 1000}
 
 
-def serve(config: str) -> None:
+def serve(config: str, fixed_seconds: float, row_seconds: float) -> None:
     """The gateway as `python -m app serve` runs it, with the stand-in as its model."""
     import uvicorn
 
@@ -124,7 +130,7 @@ def serve(config: str) -> None:
 
     settings = load_settings(config, os.environ)
     configure_logging(settings.server.log_level, settings.server.log_format)
-    app = create_app(settings, engine=EmbeddingEngine(settings, Loader()))
+    app = create_app(settings, engine=EmbeddingEngine(settings, Loader(fixed_seconds, row_seconds)))
     uvicorn.run(
         app,
         host=settings.server.host,
@@ -142,11 +148,15 @@ def main() -> None:
     limit_parser.add_argument("--batch-size", type=int, default=32)
     serve_parser = commands.add_parser("serve")
     serve_parser.add_argument("--config", required=True)
+    for sub in (limit_parser, serve_parser):
+        sub.add_argument("--fixed-ms", type=float, default=FIXED_SECONDS * 1000, help="GIL held per forward")
+        sub.add_argument("--row-ms", type=float, default=ROW_SECONDS * 1000, help="GIL held per row")
     args = parser.parse_args()
+    fixed, row = args.fixed_ms / 1000, args.row_ms / 1000
     if args.command == "limit":
-        print(json.dumps(limit(args.seconds, args.batch_size)))
+        print(json.dumps(limit(args.seconds, args.batch_size, StandinLoader(fixed, row))))
     else:
-        serve(args.config)
+        serve(args.config, fixed, row)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from app.engine.forward_cost import ForwardCost
 from app.engine.gateway_load import GatewayLoad
 from app.engine.observer import EngineObserver
 from app.engine.pacing import ForwardPace
+from app.engine.pipelining import ReturnTime, merging_pays
 from app.engine.planning import first_input, select_batch
 from app.errors import GatewayError, InternalServerError, OverloadedError
 from app.models.protocol import TokenizedText
@@ -173,10 +174,28 @@ class Backlog(NamedTuple):
     # one reaches the other, the clients that batch answered are all back.
     requests: int
     last_batch_requests: int
+    # A forward's fixed cost (app.engine.forward_cost) and how long one request takes to come
+    # back (app.engine.pipelining.ReturnTime), None while not known; the longest wait for company.
+    fixed_seconds: float | None = None
+    return_per_request: float | None = None
+    max_wait_seconds: float = 0.0
 
     @property
     def all_back(self) -> bool:
         return self.requests >= self.last_batch_requests
+
+    @property
+    def send_early(self) -> bool:
+        """Whether the queued requests go to a busy worker now, to run next: once the clients
+        of the batch in flight are all back, unless holding them for that batch's clients
+        pays (app.engine.pipelining)."""
+        return self.all_back and not merging_pays(
+            self.fixed_seconds,
+            self.return_per_request,
+            self.requests,
+            self.last_batch_requests,
+            self.max_wait_seconds,
+        )
 
 
 # may_take(lane, its backlog): whether a worker wants a batch from that lane now.
@@ -196,6 +215,8 @@ class _Lane:
     jobs: set[Job] = field(default_factory=set)
     # How many requests the lane's last batch served: evidence of how many clients are active.
     expected_jobs: int = 1
+    # How soon the clients of its batches come back (the pipelining decision).
+    returns: ReturnTime = field(default_factory=ReturnTime)
 
 
 class Batcher:
@@ -313,6 +334,7 @@ class Batcher:
             if job.priority == "interactive":  # background work never asks for short forwards
                 self._pace.request(job.tokens, job.enqueued)
             lane = self._lanes[job.priority]
+            lane.returns.arrival(job.enqueued)
             lane.items.extend(Item(job, i, text) for i, text in enumerate(job.items))
             lane.tokens += job.tokens
             lane.jobs.add(job)
@@ -350,7 +372,15 @@ class Batcher:
         for priority in order:
             lane = self._lanes[priority]
             if lane.items:
-                backlog = Backlog(len(lane.items), lane.tokens, len(lane.jobs), lane.expected_jobs)
+                backlog = Backlog(
+                    len(lane.items),
+                    lane.tokens,
+                    len(lane.jobs),
+                    lane.expected_jobs,
+                    self._cost.fixed_seconds,
+                    lane.returns.per_request,
+                    self._max_wait,
+                )
                 return priority if may_take(priority, backlog) else None
         return None
 
@@ -435,10 +465,16 @@ class Batcher:
         """A batch taken from `lane` now would first wait for more of its clients' requests."""
         return (
             self._max_wait > 0
-            and len(lane.jobs) < lane.expected_jobs
+            and (len(lane.jobs) < lane.expected_jobs or self._merge_pays(lane))
             and len(lane.items) < self.max_batch_size
             and lane.tokens < self.max_batch_tokens
         )
+
+    def _merge_pays(self, lane: _Lane) -> bool:
+        """The clients of the lane's newest batch answered are coming back, soon enough, and
+        one forward for them and the queued requests costs less (app.engine.pipelining)."""
+        fixed, per_request = self._cost.fixed_seconds, lane.returns.per_request
+        return merging_pays(fixed, per_request, len(lane.jobs), lane.returns.coming, self._max_wait)
 
     def _wait_for_company(self, lane: _Lane, yield_to: _Lane | None) -> None:
         """Wait briefly for the clients the lane's last batch served to send their next requests.
@@ -446,7 +482,10 @@ class Batcher:
         With many clients in lock-step, their next requests arrive spread over the moment
         their answers go out; a batch formed from the first arrivals alone leaves the rest
         for a second, mostly empty batch. One client alone (the last batch served a single
-        request) never waits. A background batch for a model's own worker stops waiting
+        request) never waits. Requests that queued while the last batch ran also wait for
+        that batch's clients where one forward for both groups pays (_merge_pays), so two
+        groups of clients do not keep alternating in half-empty forwards. A background
+        batch for a model's own worker stops waiting
         when an interactive input arrives (`yield_to`). The caller holds the lock.
         """
         deadline = time.monotonic() + self._max_wait
@@ -470,6 +509,7 @@ class Batcher:
                 item.job.vectors[item.index] = vectors[row]
                 item.job.remaining -= 1
             finished = time.perf_counter()
+            self._lanes[batch.priority].returns.answered(finished, len(batch.jobs))
             for job in batch.jobs:
                 job.compute_seconds += seconds
                 job.last_taken = finished  # not idle while its input was in the forward

@@ -29,6 +29,9 @@ class ForwardCost:
     def __init__(self) -> None:
         self._n = self._x = self._y = self._xx = self._xy = 0.0
         self.forwards = 0
+        # A forward's fixed cost from the newest fit, kept while the sizes seen stop varying
+        # (steady traffic in batches of one size): the model's fixed cost has not changed.
+        self.fixed_seconds: float | None = None
 
     def observe(self, padded_tokens: int, seconds: float) -> None:
         """One forward of `padded_tokens` took `seconds`."""
@@ -41,6 +44,9 @@ class ForwardCost:
         self._xx = FORGET * self._xx + x * x
         self._xy = FORGET * self._xy + x * y
         self.forwards += 1
+        fitted = self.fit()
+        if fitted is not None:
+            self.fixed_seconds = fitted[0]
 
     def fit(self) -> tuple[float, float] | None:
         """(fixed seconds, seconds per padded token), or None while the forwards seen cannot tell."""

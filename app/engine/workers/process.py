@@ -8,7 +8,8 @@ Three threads per worker, none of which computes anything heavy:
   reply. It sends a second batch only when the queue holds a full batch, or, where the
   worker's forwards leave the gateway's CPU alone (an accelerator, or cores of its own),
   as many requests as the last batch served (with clients in lock-step, the rest are
-  waiting for the batch in flight). Planned early from a thin queue a batch would be
+  waiting for the batch in flight), unless holding them for that batch's clients and one
+  fuller forward pays (app.engine.pipelining). Planned early from a thin queue a batch would be
   small, and the worker pays a fixed cost per forward; and a CPU worker sharing the
   gateway's cores runs its next forward faster once the gateway has settled the last
   (bench/README.md). Never while another worker of the model is idle;
@@ -284,7 +285,7 @@ class ProcessWorker:
         full = (
             backlog.inputs >= self._batcher.max_batch_size or backlog.tokens >= self._batcher.max_batch_tokens
         )
-        early = backlog.all_back and self._forwards_apart()
+        early = backlog.send_early and self._forwards_apart()
         return flying < PIPELINE and (full or early) and not self.sibling_idle()
 
     def _forwards_apart(self) -> bool:
