@@ -217,6 +217,10 @@ def make_llm2vec_model(
         raise ValueError(f"hidden_size must be a multiple of {heads}, got {hidden_size}")
     directory = Path(directory)
     base_dir = make_tokenizer(directory / "base")
+    # The tokenizer as the model will load it: AutoTokenizer picks its class by config.json's
+    # model_type, and Qwen2's adds <|endoftext|> (as pad) after the trained vocabulary. The
+    # embeddings must cover that id too (llm2vec appends it for eos_token pooling).
+    _config(family, 1, hidden_size, layers, {}, heads).save_pretrained(base_dir)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     ids = {
         "bos_token_id": tokenizer.bos_token_id,
