@@ -29,16 +29,17 @@ def make_engine(
     *,
     device: str = "cpu",
     devices: int = 1,
-    forward: float = 0.0,
+    forward: float | tuple[float, float] = 0.0,
     **engine: object,
 ) -> tuple[EmbeddingEngine, Controls]:
-    """`forward`: seconds each forward takes; `device`: the (fake) device it runs on."""
+    """`forward`: seconds each forward takes, or (fixed seconds, seconds per padded token);
+    `device`: the (fake) device it runs on."""
     return start_engine(
         tmp,
         EngineSettings(workers=workers, **engine),  # type: ignore[arg-type]
         ModelSettings(name=MODEL, base_model="fake", max_length=32, device=device, devices=devices),
         dimensions=DIMS,
-        forward_seconds=(forward, 0.0),
+        forward_seconds=forward if isinstance(forward, tuple) else (forward, 0.0),
     )
 
 
@@ -322,6 +323,41 @@ async def _second_while_first_runs(engine: EmbeddingEngine, forward: float, pipe
         assert _in_flight(engine) == 1
     assert not first.done()
     await asyncio.gather(first, second)
+
+
+def test_a_request_queued_behind_a_batch_waits_for_its_client_when_one_forward_for_both_pays(
+    tmp_path: Path,
+) -> None:
+    """A worker on an accelerator whose forwards have a large fixed cost, and clients that come
+    back at once: a request that arrives while a batch runs is not sent on into the pipe; it
+    waits for the running batch's client to come back, and one forward serves both
+    (app.engine.pipelining)."""
+    fixed = 0.3
+    engine, controls = make_engine(
+        tmp_path, "process", device="cuda:0", forward=(fixed, 0.001), max_batch_wait_ms=250
+    )
+    pid = engine.workers(MODEL)[0]["pid"]
+
+    async def scenario() -> None:
+        # Forwards of several sizes, for the engine to fit their fixed cost, and each client
+        # back the moment it has its answer, for it to learn how soon clients come back.
+        for text in ("a", "a longer text with a good many more words", "b", "another text of many words"):
+            await engine.embed(MODEL, text)
+        first = asyncio.ensure_future(engine.embed(MODEL, "first"))
+        await _until(lambda: _in_flight(engine) == 1)
+        second = asyncio.ensure_future(engine.embed(MODEL, "second"))
+        await asyncio.sleep(fixed / 2)
+        assert _in_flight(engine) == 1 and not first.done()  # held in the gateway
+        await first
+        back = asyncio.ensure_future(engine.embed(MODEL, "first, back"))
+        await asyncio.gather(second, back)
+
+    try:
+        run(scenario())
+    finally:
+        engine.stop()
+    rows = [len(b["rows"]) for b in controls.batches() if b["pid"] == pid]  # type: ignore[arg-type]
+    assert rows[-2:] == [1, 2]
 
 
 def test_a_cpu_worker_sharing_the_gateways_cores_gets_its_next_batch_when_done(tmp_path: Path) -> None:
