@@ -9,6 +9,9 @@
     gateway_batch_tokens{model}                   padded tokens (longest x rows) per forward pass
     gateway_batch_duration_seconds{model}         time per forward pass
     gateway_queue_requests{model}, gateway_queue_tokens{model}   what is queued now
+    gateway_forward_fixed_seconds{model}          a forward's fixed cost, fitted to recent ones
+    gateway_request_return_seconds{model}         how soon a request comes back after its batch
+                                                  is answered (both: app.engine.pipelining)
     gateway_models_loaded{model}                  1 once the model is loaded and ready, else 0
 
 `model` is a served name; any other name a client sends is counted as "unknown", so clients
@@ -92,6 +95,15 @@ class GatewayMetrics:
         )
         self.queue_requests = Gauge("gateway_queue_requests", "Requests queued", ["model"], registry=r)
         self.queue_tokens = Gauge("gateway_queue_tokens", "Tokens queued", ["model"], registry=r)
+        self.forward_fixed = Gauge(
+            "gateway_forward_fixed_seconds", "A forward pass's fitted fixed cost", ["model"], registry=r
+        )
+        self.request_return = Gauge(
+            "gateway_request_return_seconds",
+            "Time per request for as many new requests as a batch served to arrive after its answer",
+            ["model"],
+            registry=r,
+        )
         r.register(_ModelsLoaded(model_status))
 
     def model_label(self, model: str) -> str:
@@ -136,6 +148,14 @@ class GatewayMetrics:
     def on_queue_depth(self, model: str, requests: int, tokens: int) -> None:
         self.queue_requests.labels(model).set(requests)
         self.queue_tokens.labels(model).set(tokens)
+
+    def on_batching_costs(
+        self, model: str, fixed_seconds: float | None, return_seconds: float | None
+    ) -> None:
+        if fixed_seconds is not None:
+            self.forward_fixed.labels(model).set(fixed_seconds)
+        if return_seconds is not None:
+            self.request_return.labels(model).set(return_seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

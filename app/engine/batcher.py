@@ -510,6 +510,7 @@ class Batcher:
                 item.job.remaining -= 1
             finished = time.perf_counter()
             self._lanes[batch.priority].returns.answered(finished, len(batch.jobs))
+            costs = self._cost.fixed_seconds, self._lanes["interactive"].returns.per_request
             for job in batch.jobs:
                 job.compute_seconds += seconds
                 job.last_taken = finished  # not idle while its input was in the forward
@@ -518,6 +519,7 @@ class Batcher:
                     done.append(job)
         for job in done:
             job._settle(None)
+        self._observer.on_batching_costs(self.model, *costs)
 
     def fail(self, batch: Batch, exc: BaseException, why: str = "failed") -> None:
         """A batch failed: only its requests fail (their other queued inputs are dropped)."""

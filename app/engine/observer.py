@@ -22,6 +22,14 @@ class EngineObserver(Protocol):
         """A request's rows were looked up in the embedding cache."""
         ...
 
+    def on_batching_costs(
+        self, model: str, fixed_seconds: float | None, return_seconds: float | None
+    ) -> None:
+        """What the engine decides a busy worker's next batch by (app.engine.pipelining): a
+        forward's fitted fixed cost, and how long an interactive request takes to come back
+        after its batch is answered; None while not known."""
+        ...
+
 
 class NullObserver:
     def on_batch(self, model: str, size: int, padded_tokens: int, seconds: float) -> None:
@@ -31,4 +39,9 @@ class NullObserver:
         pass
 
     def on_cache(self, model: str, hits: int, misses: int) -> None:
+        pass
+
+    def on_batching_costs(
+        self, model: str, fixed_seconds: float | None, return_seconds: float | None
+    ) -> None:
         pass

@@ -36,6 +36,11 @@ class Recorder:
         self.hits += hits
         self.misses += misses
 
+    def on_batching_costs(
+        self, model: str, fixed_seconds: float | None, return_seconds: float | None
+    ) -> None:
+        pass
+
 
 def cached_settings(storage: str = "memory") -> Settings:
     base = settings_with(cache=CacheSettings(enabled=True, storage=storage, timeout_seconds=0.2))

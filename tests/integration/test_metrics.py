@@ -115,3 +115,18 @@ def test_batch_and_queue_metrics_from_the_engine(tmp_path: Path) -> None:
     assert value(found, "gateway_batch_size_sum", model=MINILM) >= 4
     assert value(found, "gateway_batch_tokens_count", model=MINILM) >= 1
     assert ("gateway_queue_requests", frozenset({("model", MINILM)})) in found
+
+
+def test_the_costs_the_engine_batches_by_are_exported() -> None:
+    """A forward's fitted fixed cost and how soon requests come back (app.engine.pipelining),
+    once forwards of several sizes have run and a client has come back after its answers."""
+    port = free_port()
+    settings = settings_with(auth=AUTH, metrics=MetricsSettings(enabled=True, port=port))
+    long = " ".join(f"word{i}" for i in range(120))
+    with run_gateway(settings) as gw:
+        for text in ("one", long, "two", long + " more", "three", long + " again"):
+            assert embed(gw.url, ALICE, text).status_code == 200
+        found = samples(httpx.get(f"http://127.0.0.1:{port}/metrics").text)
+    fixed = found[("gateway_forward_fixed_seconds", frozenset({("model", MINILM)}))]
+    back = found[("gateway_request_return_seconds", frozenset({("model", MINILM)}))]
+    assert 0 <= fixed < 1 and 0 < back < 5
