@@ -87,11 +87,15 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
         "GATEWAY__METRICS__PORT": str(port),
     }
     with gateway_processes(env, logs=tmp_path_factory.mktemp("dashboard")) as (gw,):
-        for key in (TEST_KEY, "sk-wrong"):
+        long = " ".join(f"word{i}" for i in range(120))
+        # Forwards of several sizes, one after another: enough for the batching costs'
+        # gauges (a fitted fixed cost, a request's return) to be set.
+        texts: list[str | list[str]] = [["one", "two words"], "three", long, "four", long + " more"]
+        for key, text in [(TEST_KEY, text) for text in texts] + [("sk-wrong", "one")]:
             httpx.post(
                 f"{gw.url}/v1/embeddings",
                 headers={"Authorization": f"Bearer {key}"},
-                json={"model": MINILM, "input": ["one", "two words"]},
+                json={"model": MINILM, "input": text},
                 timeout=60,
             )
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
