@@ -12,7 +12,8 @@ only if the wait for the m fits in the longest a batch may wait for company.
 Measured: an H200 with CUDA graphs (a = 7.8 ms) served 32 lock-step clients at 0.82 of the
 batched limit with every such batch sent on, 0.87 with none; the stand-in on two cores
 (bench/standin.py; a = 19 ms, r = 0.54 ms) serves them about 9% faster sending on, since 16
-returning clients take 8.7 ms there, more than the 5 ms a batch waits by default.
+returning clients take 8.7 ms there, more than the 5 ms a batch waits by default; a heavier
+stand-in (a = 40 ms, 20 ms batch wait) serves them 7 to 16% faster holding (bench/README.md).
 """
 
 from __future__ import annotations
