@@ -120,16 +120,16 @@ def _batcher(known_costs: bool) -> Batcher:
         observer=NullObserver(),
         max_wait_seconds=0.25,
     )
-    if known_costs:  # forwards of 10 and 100 tokens: 90 ms fixed, 1 ms a token
+    if known_costs:  # forwards of 10 and 100 tokens: 200 ms fixed, 1 ms a token
         for tokens in (10, 100, 10, 100):
-            batcher.warmed_up(tokens, 0.09 + 0.001 * tokens)
+            batcher.warmed_up(tokens, 0.2 + 0.001 * tokens)
     return batcher
 
 
 def _answer(batcher: Batcher, batch: Batch | None) -> None:
     assert batch is not None
     rows = np.zeros((len(batch.rows), DIMS), dtype=np.float32)
-    batcher.complete(batch, rows, 0.09 + 0.001 * batch.padded_tokens)
+    batcher.complete(batch, rows, 0.2 + 0.001 * batch.padded_tokens)
 
 
 async def _two_clients_in_turn(batcher: Batcher, back: float) -> int:
@@ -159,11 +159,13 @@ async def _two_clients_in_turn(batcher: Batcher, back: float) -> int:
 
 
 def test_a_queued_request_waits_for_the_client_coming_back_when_one_forward_for_both_pays() -> None:
-    # Back in 30 ms, a forward's fixed cost 90 ms: the idle worker waits, one forward serves both.
+    # Each back in 30 ms (both: 60 ms), a forward's fixed cost 200 ms: the idle worker waits,
+    # and one forward serves both.
     assert asyncio.run(_two_clients_in_turn(_batcher(known_costs=True), back=0.03)) == 2
 
 
 def test_a_queued_request_goes_at_once_when_its_clients_come_back_slower_than_a_forward_costs() -> None:
+    # Each back in 150 ms: both, 300 ms, cost more than the 200 ms a second forward does.
     assert asyncio.run(_two_clients_in_turn(_batcher(known_costs=True), back=0.15)) == 1
 
 
