@@ -353,21 +353,18 @@ def bench_standin(setup: Setup) -> dict[str, Any]:
         )
         url = f"http://127.0.0.1:{port}"
         argv = _pinned(setup.server_core, "-m", "bench.standin", "serve", "--config", str(config))
+        placed, worker_core = setup, None
         if workers == "process" and setup.worker_core is not None:
             # Three cores (--cores): gateway, load generator and worker each on its own.
-            result[workers] = _serve(
-                argv, f"{url}/ready", url, STANDIN, setup, STANDIN_SCENARIOS, worker_core=setup.worker_core
-            )
+            worker_core = setup.worker_core
         elif workers == "process" and setup.server_core is not None and setup.client_core is not None:
             # Two cores, three processes: the worker gets a core of its own, as the in-process
             # limit had, and the load generator shares the gateway's. (The thread gateway runs
             # the model in its own process: it keeps the server core, the load generator the other.)
-            placed = dataclasses.replace(setup, client_core=setup.server_core)
-            result[workers] = _serve(
-                argv, f"{url}/ready", url, STANDIN, placed, STANDIN_SCENARIOS, worker_core=setup.client_core
-            )
-        else:
-            result[workers] = _serve(argv, f"{url}/ready", url, STANDIN, setup, STANDIN_SCENARIOS)
+            placed, worker_core = dataclasses.replace(setup, client_core=setup.server_core), setup.client_core
+        result[workers] = _serve(
+            argv, f"{url}/ready", url, STANDIN, placed, STANDIN_SCENARIOS, worker_core=worker_core
+        )
     return result
 
 
