@@ -261,6 +261,11 @@ def _in_flight(engine: EmbeddingEngine) -> object:
     return engine.workers(MODEL)[0]["in_flight"]
 
 
+def _rows_run_by(controls: Controls, pid: object) -> list[int]:
+    """The size of each batch the worker process `pid` ran, in order."""
+    return [len(b["rows"]) for b in controls.batches() if b["pid"] == pid]  # type: ignore[arg-type]
+
+
 def _timed_engine(
     tmp: Path, forward: float, device: str, devices: int = 1
 ) -> tuple[EmbeddingEngine, Controls]:
@@ -306,8 +311,7 @@ def test_a_worker_is_handed_its_next_batch_once_the_clients_are_back(tmp_path: P
     finally:
         engine.stop()
     # (The Batch API's background worker warms up on the same controls meanwhile.)
-    rows = [len(b["rows"]) for b in controls.batches() if b["pid"] == pid]  # type: ignore[arg-type]
-    assert rows == [1, 1, 2, 1]
+    assert _rows_run_by(controls, pid) == [1, 1, 2, 1]
 
 
 async def _second_while_first_runs(engine: EmbeddingEngine, forward: float, piped: bool) -> None:
@@ -356,8 +360,7 @@ def test_a_request_queued_behind_a_batch_waits_for_its_client_when_one_forward_f
         run(scenario())
     finally:
         engine.stop()
-    rows = [len(b["rows"]) for b in controls.batches() if b["pid"] == pid]  # type: ignore[arg-type]
-    assert rows[-2:] == [1, 2]
+    assert _rows_run_by(controls, pid)[-2:] == [1, 2]
 
 
 def test_a_cpu_worker_sharing_the_gateways_cores_gets_its_next_batch_when_done(tmp_path: Path) -> None:
@@ -369,7 +372,7 @@ def test_a_cpu_worker_sharing_the_gateways_cores_gets_its_next_batch_when_done(t
         run(_second_while_first_runs(engine, forward, piped=False))
     finally:
         engine.stop()
-    assert [len(b["rows"]) for b in controls.batches() if b["pid"] == pid] == [1, 1]  # type: ignore[arg-type]
+    assert _rows_run_by(controls, pid) == [1, 1]
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning apart needs two cores")
