@@ -92,6 +92,10 @@ STANDIN_SCENARIOS = [
     *SCENARIOS[:2],
     Scenario("small: c=64, 1 input x 12 words", 64, 1, 12, 6000, 20),
 ]
+# The same c=1 run on a stand-in whose forward is only its 1 ms sleep and the vectors: the
+# gateway's own c=1 cost, without the long idle that a 20 ms forward leaves its core in.
+INSTANT_COSTS = ("--fixed-ms=0", "--row-ms=0")
+INSTANT_SCENARIO = Scenario("latency: c=1, instant forward", 1, 1, 12, 2000, 10)
 
 
 def _free_port() -> int:
@@ -214,6 +218,18 @@ def _batch_scenario(url: str, model: BenchModel, setup: Setup, lines: int) -> di
     return result
 
 
+def _idle_probe(url: str, setup: Setup, pause_ms: float) -> dict[str, Any]:
+    argv = _pinned(setup.client_core, "-m", "bench.idle_probe", f"--url={url}", f"--pause-ms={pause_ms:.1f}")
+    out = subprocess.run(argv, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    if out.returncode != 0:
+        last = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"
+        print(f"   idle probe: failed: {last}", flush=True)
+        return {"error": last}
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"   idle probe: {json.dumps(result)}", flush=True)
+    return result
+
+
 def _serve(
     argv: list[str],
     ready_url: str,
@@ -223,10 +239,12 @@ def _serve(
     scenarios: list[Scenario] = SCENARIOS,
     batch_lines: int = 0,
     worker_core: str | None = None,
+    idle_pause_ms: float | None = None,
 ) -> dict[str, Any]:
     """Start a server, run every scenario against it, and read its memory; with
     `batch_lines`, then the latency scenario again with a batch job running. With
-    `worker_core`, the server's model worker processes are moved to that core once ready."""
+    `worker_core`, the server's model worker processes are moved to that core once ready.
+    With `idle_pause_ms`, then bench.idle_probe with that pause."""
     env = _env() | {"GATEWAY_API_KEY": KEY}
     log = Path(tempfile.mkdtemp()) / "server.log"
     with log.open("wb") as sink:
@@ -250,6 +268,8 @@ def _serve(
         if batch_lines:
             result["batch"] = _batch_scenario(url, model, setup, batch_lines)
             print(f"   latency with a batch job: {json.dumps(result['batch'])}", flush=True)
+        if idle_pause_ms is not None:
+            result["idle"] = _idle_probe(url, setup, idle_pause_ms)
         return result
     finally:
         process.terminate()
@@ -324,20 +344,37 @@ def bench_model(model: BenchModel, setup: Setup, batch_lines: int = 0) -> dict[s
     return {"limit": limit, "gateway": gateway, "baseline": baseline}
 
 
-def bench_standin(setup: Setup) -> dict[str, Any]:
-    """The stand-in model (bench/standin.py): its in-process limit, then the gateway serving
-    it from a model thread (as before model workers) and from a worker process."""
-    print("== standin: in-process limit", flush=True)
-    argv = _pinned(setup.server_core, "-m", "bench.standin", "limit", f"--batch-size={setup.batch_size}")
+def _standin_limit(setup: Setup, *costs: str) -> dict[str, Any]:
+    argv = _pinned(
+        setup.server_core, "-m", "bench.standin", "limit", f"--batch-size={setup.batch_size}", *costs
+    )
     out = subprocess.run(argv, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-2000:])
-    limit = json.loads(out.stdout.strip().splitlines()[-1])
+    limit: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"   {json.dumps(limit)}", flush=True)
+    return limit
+
+
+def bench_standin(setup: Setup) -> dict[str, Any]:
+    """The stand-in model (bench/standin.py): its in-process limit, then the gateway serving
+    it from a model thread (as before model workers) and from a worker process; then, to
+    tell the gateway's c=1 cost from the host's, the idle probe against the process-worker
+    gateway and the c=1 run on an instant forward."""
+    print("== standin: in-process limit", flush=True)
+    limit = _standin_limit(setup)
     result: dict[str, Any] = {"limit": limit, "client": setup.client}
     result["cores"] = {"gateway": setup.server_core, "client": setup.client_core, "worker": setup.worker_core}
-    for workers in ("thread", "process"):
-        print(f"== standin: gateway, {workers} workers", flush=True)
+    runs: list[tuple[str, str, tuple[str, ...], list[Scenario]]] = [
+        ("thread", "thread", (), STANDIN_SCENARIOS),
+        ("process", "process", (), STANDIN_SCENARIOS),
+        ("process_instant", "process", INSTANT_COSTS, [INSTANT_SCENARIO]),
+    ]
+    for key, workers, costs, scenarios in runs:
+        if costs:
+            print("== standin: in-process limit, instant forward", flush=True)
+            result["instant_limit"] = _standin_limit(setup, *costs)
+        print(f"== standin: gateway, {workers} workers {' '.join(costs)}", flush=True)
         port = _free_port()
         config = Path(tempfile.mkdtemp()) / "bench.toml"
         config.write_text(
@@ -352,7 +389,7 @@ def bench_standin(setup: Setup) -> dict[str, Any]:
             )
         )
         url = f"http://127.0.0.1:{port}"
-        argv = _pinned(setup.server_core, "-m", "bench.standin", "serve", "--config", str(config))
+        argv = _pinned(setup.server_core, "-m", "bench.standin", "serve", "--config", str(config), *costs)
         placed, worker_core = setup, None
         if workers == "process" and setup.worker_core is not None:
             # Three cores (--cores): gateway, load generator and worker each on its own.
@@ -362,8 +399,16 @@ def bench_standin(setup: Setup) -> dict[str, Any]:
             # limit had, and the load generator shares the gateway's. (The thread gateway runs
             # the model in its own process: it keeps the server core, the load generator the other.)
             placed, worker_core = dataclasses.replace(setup, client_core=setup.server_core), setup.client_core
-        result[workers] = _serve(
-            argv, f"{url}/ready", url, STANDIN, placed, STANDIN_SCENARIOS, worker_core=worker_core
+        pause = limit["single_12w_ms_p50"] if key == "process" else None
+        result[key] = _serve(
+            argv,
+            f"{url}/ready",
+            url,
+            STANDIN,
+            placed,
+            scenarios,
+            worker_core=worker_core,
+            idle_pause_ms=pause,
         )
     return result
 
@@ -454,8 +499,31 @@ def render_standin(result: dict[str, Any]) -> list[str]:
         f"| latency p50 (c=1) <= single forward + 1.5 ms | {latency['p50_ms']:.2f} ms vs {single:.2f} ms "
         f"(+{latency['p50_ms'] - single:.2f}) | {_verdict(latency['p50_ms'] <= single + 1.5)} |",
         "",
+        *_idle_lines(result, latency["p50_ms"] - single),
     ]
     return lines
+
+
+def _idle_lines(result: dict[str, Any], over: float) -> list[str]:
+    """How much of the c=1 figure is the host's: the gateway's own c=1 cost on an instant
+    forward, and what any round trip costs after the core idled as long as a forward."""
+    idle = result["process"].get("idle")
+    instant = result.get("process_instant", {}).get("runs", {}).get(INSTANT_SCENARIO.name)
+    if not idle or "error" in idle or not instant or "error" in instant:
+        return []
+    single = result["instant_limit"]["single_12w_ms_p50"]
+    return [
+        f"What c=1 costs, the gateway's share and the host's. The same process-worker gateway on a "
+        f"stand-in whose forward is only its 1 ms sleep and the vectors (`--fixed-ms 0 --row-ms 0`, "
+        f"single forward {single:.2f} ms) answers c=1 in {instant['p50_ms']:.2f} ms p50, "
+        f"+{instant['p50_ms'] - single:.2f} ms: the gateway's own cost, HTTP client included. With the "
+        f"20 ms forward it is +{over:.2f} ms, because the gateway's and the client's core idles through "
+        f"each forward and this host runs the same code several times slower after an idle spell: a "
+        f"GET /health round trip on that gateway takes {idle['back_to_back_ms_p50']:.2f} ms p50 back "
+        f"to back and {idle['after_pause_ms_p50']:.2f} ms after a {idle['pause_ms']:.0f} ms pause "
+        f"(bench/idle_probe.py). A c=1 request pays that twice, on the way in and on the way out.",
+        "",
+    ]
 
 
 def _version(name: str) -> str:
