@@ -521,7 +521,8 @@ def _idle_lines(result: dict[str, Any], over: float) -> list[str]:
         f"each forward and this host runs the same code several times slower after an idle spell: a "
         f"GET /health round trip on that gateway takes {idle['back_to_back_ms_p50']:.2f} ms p50 back "
         f"to back and {idle['after_pause_ms_p50']:.2f} ms after a {idle['pause_ms']:.0f} ms pause "
-        f"(bench/idle_probe.py). A c=1 request pays that twice, on the way in and on the way out.",
+        f"(bench/idle_probe.py). A c=1 request pays it mostly on what runs after its forward: the "
+        f"reply's way through the gateway and the client's read.",
         "",
     ]
 
