@@ -56,6 +56,9 @@ class Setup:
     batch_wait_ms: float = 5.0
     cuda_graphs: bool = True
     client: str = "aiohttp"  # bench/loadgen.py --client
+    # The gateway serves its Prometheus metrics; the engine's cost figures are read after
+    # each scenario (`--metrics`).
+    metrics: bool = False
 
 
 CPU = Setup()
@@ -230,6 +233,22 @@ def _idle_probe(url: str, setup: Setup, pause_ms: float) -> dict[str, Any]:
     return result
 
 
+ENGINE_COSTS = {"fixed_ms": "gateway_forward_fixed_seconds", "return_ms": "gateway_request_return_seconds"}
+
+
+def _engine_costs(metrics_url: str, model: str) -> dict[str, float]:
+    """The figures the engine weighs an early batch with (app/engine/pipelining.py), in ms:
+    a forward's fitted fixed cost and how soon a request comes back after its batch."""
+    text = httpx.get(metrics_url, timeout=10).text
+    costs = {}
+    for key, metric in ENGINE_COSTS.items():
+        prefix = f'{metric}{{model="{model}"}} '
+        for line in text.splitlines():
+            if line.startswith(prefix):
+                costs[key] = float(line[len(prefix) :]) * 1000
+    return costs
+
+
 def _serve(
     argv: list[str],
     ready_url: str,
@@ -240,11 +259,13 @@ def _serve(
     batch_lines: int = 0,
     worker_core: str | None = None,
     idle_pause_ms: float | None = None,
+    metrics_url: str | None = None,
 ) -> dict[str, Any]:
     """Start a server, run every scenario against it, and read its memory; with
     `batch_lines`, then the latency scenario again with a batch job running. With
     `worker_core`, the server's model worker processes are moved to that core once ready.
-    With `idle_pause_ms`, then bench.idle_probe with that pause."""
+    With `idle_pause_ms`, then bench.idle_probe with that pause. With `metrics_url`, the
+    engine's cost figures are read after each scenario."""
     env = _env() | {"GATEWAY_API_KEY": KEY}
     log = Path(tempfile.mkdtemp()) / "server.log"
     with log.open("wb") as sink:
@@ -263,6 +284,8 @@ def _serve(
             runs = {}
             for scenario in scenarios:
                 runs[scenario.name] = _loadgen(url, model.name, scenario, setup)
+                if metrics_url is not None:
+                    runs[scenario.name]["engine_costs"] = _engine_costs(metrics_url, model.name)
                 print(f"   {scenario.name}: {json.dumps(runs[scenario.name])}", flush=True)
         result = {"runs": runs, "rss_after_load": after_load, "rss_peak": sampler.peak}
         if batch_lines:
@@ -302,6 +325,7 @@ def bench_model(model: BenchModel, setup: Setup, batch_lines: int = 0) -> dict[s
 
     print(f"== {model.name}: gateway", flush=True)
     port = _free_port()
+    metrics_port = _free_port() if setup.metrics else None
     work = Path(tempfile.mkdtemp())
     config = work / "bench.toml"
     store = f'\n[batch]\ndb_path = "{work / "batches.sqlite3"}"\nfiles_dir = "{work / "files"}"\n'
@@ -314,6 +338,7 @@ def bench_model(model: BenchModel, setup: Setup, batch_lines: int = 0) -> dict[s
             batch_tokens=setup.batch_tokens,
             batch_wait_ms=setup.batch_wait_ms,
             cuda_graphs=setup.cuda_graphs,
+            metrics_port=metrics_port,
         )
         + store
     )
@@ -325,6 +350,7 @@ def bench_model(model: BenchModel, setup: Setup, batch_lines: int = 0) -> dict[s
         model,
         setup,
         batch_lines=batch_lines,
+        metrics_url=None if metrics_port is None else f"http://127.0.0.1:{metrics_port}/metrics",
     )
 
     print(f"== {model.name}: seed-style baseline", flush=True)
@@ -651,8 +677,28 @@ def render(results: dict[str, dict[str, Any]], command: str, setup: Setup) -> st
             f"| /health under full load < 50 ms | max {health:.1f} ms | {_verdict(health < 50)} |",
             *_batch_rows(gateway.get("batch"), latency),
             "",
+            *_cost_lines(small),
         ]
     return "\n".join(lines)
+
+
+def _cost_lines(small: dict[str, Any]) -> list[str]:
+    """What the engine measured during c=32 (`--metrics`), and so whether it held the
+    requests queued behind a running batch for that batch's returning clients."""
+    costs = small.get("engine_costs")
+    if not costs or len(costs) < len(ENGINE_COSTS):
+        return []
+    fixed, back = costs["fixed_ms"], costs["return_ms"]
+    holds = 32 * back <= fixed
+    return [
+        f"Engine's figures after c=32 (`--metrics`): a forward's fixed cost {fixed:.2f} ms, a request "
+        f"back {back:.3f} ms after its batch. With 32 clients, one 32-row forward beats two alternating "
+        f"ones iff 32 x {back:.3f} = {32 * back:.1f} ms <= {fixed:.1f} ms, so holding the queued "
+        f"requests for the returning ones {'pays' if holds else 'does not pay'} (app/engine/pipelining.py; "
+        f"weighed where the worker's forwards leave the gateway's CPU alone, and the wait must fit in "
+        f"max_batch_wait_ms).",
+        "",
+    ]
 
 
 def _batch_rows(batch: dict[str, Any] | None, alone: dict[str, Any]) -> list[str]:
@@ -691,6 +737,11 @@ def main() -> None:
         "--cores",
         help="GATEWAY,CLIENT[,WORKER]: cores of the server, the load generator and the stand-in's worker",
     )
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="read the engine's cost figures from /metrics after each scenario",
+    )
     parser.add_argument("--out", default=str(ROOT / "bench" / "RESULTS.md"))
     parser.add_argument("--work", default=str(ROOT / "bench" / "out"), help="where models and raw results go")
     args = parser.parse_args()
@@ -699,7 +750,7 @@ def main() -> None:
         setup = dataclasses.replace(setup, cuda_graphs=False)
     if args.batch_wait_ms is not None:
         setup = dataclasses.replace(setup, batch_wait_ms=args.batch_wait_ms)
-    setup = dataclasses.replace(setup, client=args.client)
+    setup = dataclasses.replace(setup, client=args.client, metrics=args.metrics)
     if args.cores:
         server, client, *worker = args.cores.split(",")
         setup = dataclasses.replace(

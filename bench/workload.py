@@ -55,7 +55,9 @@ def config_toml(
     batch_wait_ms: float = 5.0,
     workers: str = "process",
     cuda_graphs: bool = True,
+    metrics_port: int | None = None,
 ) -> str:
+    metrics = "" if metrics_port is None else f"\n[metrics]\nenabled = true\nport = {metrics_port}\n"
     return f"""
 [server]
 host = "127.0.0.1"
@@ -80,7 +82,7 @@ kind = "{model.kind}"
 base_model = "{model.base_model}"
 max_length = {model.max_length}
 cuda_graphs = {"true" if cuda_graphs else "false"}
-"""
+{metrics}"""
 
 
 def make_llama_7b_shape(directory: Path) -> BenchModel:
