@@ -188,10 +188,15 @@ def _loadgen(url: str, model: str, scenario: Scenario, setup: Setup) -> dict[str
         f"--seconds={scenario.seconds * setup.seconds_scale}",
         f"--client={setup.client}",
     )
-    out = subprocess.run(argv, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
+    return _run_json(argv, f"{scenario.name}: load generator", 900)
+
+
+def _run_json(argv: list[str], label: str, timeout: float) -> dict[str, Any]:
+    """A bench client's result: the JSON on its last line, or {"error": its last words}."""
+    out = subprocess.run(argv, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
     if out.returncode != 0:
         last = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"
-        print(f"   {scenario.name}: load generator failed: {last}", flush=True)
+        print(f"   {label} failed: {last}", flush=True)
         return {"error": last}
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
@@ -212,24 +217,14 @@ def _batch_scenario(url: str, model: BenchModel, setup: Setup, lines: int) -> di
         f"--requests={latency.requests}",
         f"--seconds={latency.seconds * setup.seconds_scale}",
     ) + ([f"--client-core={setup.client_core}"] if setup.client_core is not None else [])
-    out = subprocess.run(argv, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=3600)
-    if out.returncode != 0:
-        last = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"
-        print(f"   batch during latency: failed: {last}", flush=True)
-        return {"error": last}
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
+    return _run_json(argv, "batch during latency:", 3600)
 
 
 def _idle_probe(url: str, setup: Setup, pause_ms: float) -> dict[str, Any]:
     argv = _pinned(setup.client_core, "-m", "bench.idle_probe", f"--url={url}", f"--pause-ms={pause_ms:.1f}")
-    out = subprocess.run(argv, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
-    if out.returncode != 0:
-        last = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"
-        print(f"   idle probe: failed: {last}", flush=True)
-        return {"error": last}
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"   idle probe: {json.dumps(result)}", flush=True)
+    result = _run_json(argv, "idle probe:", 300)
+    if "error" not in result:
+        print(f"   idle probe: {json.dumps(result)}", flush=True)
     return result
 
 
