@@ -7,8 +7,8 @@ GET /health (no auth, no model) over one keep-alive connection, back to back and
 a pause before each request as long as a forward the client waits for. Between a c=1
 client's requests the gateway's core idles while the model runs; the same few hundred
 microseconds of Python then take several times as long (on the 2-core VM of
-bench/RESULTS.md: 0.19 ms back to back, 0.55 to 1.0 ms after 20 ms idle, with nothing else
-running). A peer server on the same host would pay it too.
+bench/RESULTS.md: 0.19 to 0.25 ms back to back, 0.54 to 1.47 ms after 20 ms idle, with
+nothing else running). A peer server on the same host would pay it too.
 """
 
 from __future__ import annotations

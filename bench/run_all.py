@@ -191,6 +191,17 @@ def _loadgen(url: str, model: str, scenario: Scenario, setup: Setup) -> dict[str
     return _run_json(argv, f"{scenario.name}: load generator", 900)
 
 
+def _in_process_limit(argv: list[str]) -> dict[str, Any]:
+    """A model's in-process limit (bench.limit, bench.standin limit): every target is judged
+    against it, so the run stops if it fails."""
+    out = subprocess.run(argv, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    limit: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"   {json.dumps(limit)}", flush=True)
+    return limit
+
+
 def _run_json(argv: list[str], label: str, timeout: float) -> dict[str, Any]:
     """A bench client's result: the JSON on its last line, or {"error": its last words}."""
     out = subprocess.run(argv, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
@@ -312,11 +323,7 @@ def bench_model(model: BenchModel, setup: Setup, batch_lines: int = 0) -> dict[s
         f"--device={setup.device}",
         *([] if setup.cuda_graphs else ["--no-cuda-graphs"]),
     )
-    out = subprocess.run(limit_argv, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
-    if out.returncode != 0:
-        raise RuntimeError(out.stderr[-2000:])
-    limit = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"   {json.dumps(limit)}", flush=True)
+    limit = _in_process_limit(limit_argv)
 
     print(f"== {model.name}: gateway", flush=True)
     port = _free_port()
@@ -366,15 +373,9 @@ def bench_model(model: BenchModel, setup: Setup, batch_lines: int = 0) -> dict[s
 
 
 def _standin_limit(setup: Setup, *costs: str) -> dict[str, Any]:
-    argv = _pinned(
-        setup.server_core, "-m", "bench.standin", "limit", f"--batch-size={setup.batch_size}", *costs
+    return _in_process_limit(
+        _pinned(setup.server_core, "-m", "bench.standin", "limit", f"--batch-size={setup.batch_size}", *costs)
     )
-    out = subprocess.run(argv, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
-    if out.returncode != 0:
-        raise RuntimeError(out.stderr[-2000:])
-    limit: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"   {json.dumps(limit)}", flush=True)
-    return limit
 
 
 def bench_standin(setup: Setup) -> dict[str, Any]:

@@ -484,9 +484,9 @@ class Batcher:
         for a second, mostly empty batch. One client alone (the last batch served a single
         request) never waits. Requests that queued while the last batch ran also wait for
         that batch's clients where one forward for both groups pays (_merge_pays), so two
-        groups of clients do not keep alternating in half-empty forwards. A background
-        batch for a model's own worker stops waiting
-        when an interactive input arrives (`yield_to`). The caller holds the lock.
+        groups of clients do not keep alternating in half-empty forwards. A background batch
+        for a model's own worker stops waiting when an interactive input arrives
+        (`yield_to`). The caller holds the lock.
         """
         deadline = time.monotonic() + self._max_wait
         while (
